@@ -1,0 +1,158 @@
+"""Tabular shapes of the per-IP asset outputs (typed pandas DataFrames) and their conversions.
+
+Each pass outputs one row per IP so it can be previewed in the UI or a notebook; the merge turns the rows
+back into per-source enrichment objects for the inventory.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+
+import pandas as pd
+
+from enrichment_pipeline.core.cowrie_log import SourceIpActivity
+from enrichment_pipeline.core.geoip import MaxMindRecord
+from enrichment_pipeline.core.inventory import DayActivity, SourceUpdate
+from enrichment_pipeline.core.whois import BulkLookupResult, CymruAnswer, CymruOrigin
+
+SOURCE_COLUMNS = {
+    "ip": "string",
+    "session_count": "int64",
+    "event_count": "int64",
+    "first_seen": "datetime64[us, UTC]",
+    "last_seen": "datetime64[us, UTC]",
+}
+MAXMIND_COLUMNS = {
+    "ip": "string",
+    "found": "bool",
+    "country_code": "string",
+    "country_name": "string",
+    "city": "string",
+    "latitude": "Float64",
+    "longitude": "Float64",
+    "accuracy_radius": "Int64",
+    "asn": "Int64",
+    "asn_org": "string",
+}
+CYMRU_COLUMNS = {
+    "ip": "string",
+    "status": "string",  # routed | unrouted | failed
+    "asn": "Int64",
+    "as_name": "string",
+    "prefix": "string",
+    "country_code": "string",
+    "registry": "string",
+    "allocated": "string",
+    "origins": "string",  # JSON list of every origin (several for multi-origin prefixes)
+    "error": "string",
+}
+CYMRU_ROUTED, CYMRU_UNROUTED, CYMRU_FAILED = "routed", "unrouted", "failed"
+
+
+def _frame(rows: Iterable[dict], columns: dict[str, str]) -> pd.DataFrame:
+    frame = pd.DataFrame.from_records(list(rows), columns=list(columns))
+    return frame.astype(columns).reset_index(drop=True)
+
+
+def sources_frame(sources: Sequence[SourceIpActivity]) -> pd.DataFrame:
+    return _frame(
+        (
+            {
+                "ip": s.ip,
+                "session_count": s.session_count,
+                "event_count": s.event_count,
+                "first_seen": s.first_seen,
+                "last_seen": s.last_seen,
+            }
+            for s in sources
+        ),
+        SOURCE_COLUMNS,
+    )
+
+
+def maxmind_frame(records: Sequence[MaxMindRecord]) -> pd.DataFrame:
+    return _frame((r.as_dict() for r in records), MAXMIND_COLUMNS)
+
+
+def _origin_dict(origin: CymruOrigin) -> dict:
+    return {
+        "asn": origin.asn,
+        "prefix": origin.prefix,
+        "country_code": origin.country_code,
+        "registry": origin.registry,
+        "allocated": origin.allocated,
+        "as_name": origin.as_name,
+    }
+
+
+def _answer_row(answer: CymruAnswer) -> dict:
+    primary = answer.primary
+    row = {"ip": answer.ip, "status": CYMRU_UNROUTED if answer.unrouted else CYMRU_ROUTED}
+    row.update(_origin_dict(primary) if primary else {})
+    row["origins"] = json.dumps([_origin_dict(o) for o in answer.origins])
+    return row
+
+
+def cymru_frame(result: BulkLookupResult) -> pd.DataFrame:
+    rows = [_answer_row(a) for a in result.answers.values()]
+    rows += [{"ip": ip, "status": CYMRU_FAILED, "error": reason} for ip, reason in result.failed.items()]
+    return _frame(sorted(rows, key=lambda r: r["ip"]), CYMRU_COLUMNS)
+
+
+def _clean(value: object) -> object:
+    """pandas NA/NaN/NaT -> None and numpy scalars -> Python, so values are JSON-ready."""
+    if value is None or (not isinstance(value, (list, dict, str)) and pd.isna(value)):
+        return None
+    return value.item() if hasattr(value, "item") else value
+
+
+def day_activity(sources: pd.DataFrame) -> list[DayActivity]:
+    return [
+        DayActivity(
+            ip=row.ip,
+            session_count=int(row.session_count),
+            event_count=int(row.event_count),
+            first_seen=None if pd.isna(row.first_seen) else row.first_seen.to_pydatetime(),
+            last_seen=None if pd.isna(row.last_seen) else row.last_seen.to_pydatetime(),
+        )
+        for row in sources.itertuples(index=False)
+    ]
+
+
+def maxmind_enrichment(row: dict) -> dict:
+    return {column: _clean(row[column]) for column in MAXMIND_COLUMNS if column != "ip"}
+
+
+def cymru_enrichment(row: dict) -> dict | None:
+    """The inventory's `enrichment.cymru` object, or None for a failed lookup (keep what is stored)."""
+    if row["status"] == CYMRU_FAILED:
+        return None
+    enrichment = {column: _clean(row[column]) for column in CYMRU_COLUMNS if column not in ("ip", "origins", "error")}
+    enrichment["origins"] = json.loads(row["origins"])
+    return enrichment
+
+
+def source_updates(maxmind: pd.DataFrame, cymru: pd.DataFrame) -> list[SourceUpdate]:
+    """One update per IP: MaxMind for every IP of the day, Cymru where it answered."""
+    cymru_by_ip = {row["ip"]: cymru_enrichment(row) for row in cymru.to_dict("records")}
+    return [
+        SourceUpdate(ip=row["ip"], maxmind=maxmind_enrichment(row), cymru=cymru_by_ip.get(row["ip"]))
+        for row in maxmind.to_dict("records")
+    ]
+
+
+def markdown_table(frame: pd.DataFrame, limit: int = 10) -> str:
+    """A small markdown preview; cell text is escaped because it can be attacker- or peer-controlled."""
+    head = frame.head(limit)
+
+    def cell(value: object) -> str:
+        value = _clean(value)
+        text = "" if value is None else str(value)
+        return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")[:80]
+
+    lines = ["| " + " | ".join(head.columns) + " |", "|" + "---|" * len(head.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in head.itertuples(index=False)]
+    if len(frame) > limit:
+        lines.append(f"\n… {len(frame) - limit} more rows")
+    return "\n".join(lines)

@@ -1,0 +1,388 @@
+"""Team Cymru bulk whois (TCP 43): query framing, tolerant reply parsing and a batched, parallel client.
+Owns the rule that every requested IP ends either answered (routed or unrouted) or failed with a reason."""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import re
+import socket
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+
+from enrichment_pipeline.core.ips import canonical_ip
+
+log = logging.getLogger(__name__)
+
+# Verbose data lines: AS | IP | BGP Prefix | CC | Registry | Allocated | AS Name.
+_VERBOSE_COLUMNS = 7
+_MAX_ASN = 2**32 - 1
+_ASN = re.compile(r"[0-9]{1,10}")
+_COUNTRY = re.compile(r"[A-Za-z]{2}")
+_REGISTRY = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_UNKNOWN = ("", "NA")
+_REPLY_SLACK_BYTES = 64 * 1024
+NO_ANSWER = "no answer in reply"
+INVALID_IP = "invalid IP"
+_CLOSED_EARLY = "server closed the connection without replying"
+
+
+class CymruError(Exception):
+    """A whole batch failed: the transport broke or the reply cannot be trusted."""
+
+
+@dataclass(frozen=True)
+class CymruOrigin:
+    """One origin AS announcing the prefix that covers an IP (one verbose data line)."""
+
+    asn: int
+    prefix: str | None
+    country_code: str | None
+    registry: str | None
+    allocated: str | None  # as text, e.g. "1998-09-25"
+    as_name: str | None
+
+
+def _origin_order(origin: CymruOrigin) -> tuple[int, str, str, str, str, str]:
+    return (
+        origin.asn,
+        origin.prefix or "",
+        origin.country_code or "",
+        origin.registry or "",
+        origin.allocated or "",
+        origin.as_name or "",
+    )
+
+
+@dataclass(frozen=True)
+class CymruAnswer:
+    """Everything the reply said about one IP; no origins means the IP is unrouted (an `NA` row)."""
+
+    ip: str
+    origins: tuple[CymruOrigin, ...]
+
+    @property
+    def asn(self) -> int | None:
+        """The lowest origin ASN.
+
+        MOAS origins are equally valid and reply lines come in no fixed order; the lowest ASN is a pick
+        that is stable across runs and servers, so the inventory does not flap between lookups.
+        """
+        return min((origin.asn for origin in self.origins), default=None)
+
+    @property
+    def primary(self) -> CymruOrigin | None:
+        """The origin whose ASN is `asn` (the first of them in a fixed field order if several)."""
+        return min(self.origins, key=_origin_order, default=None)
+
+    @property
+    def unrouted(self) -> bool:
+        return not self.origins
+
+
+@dataclass
+class ParsedReply:
+    """What one bulk reply yields for the IPs that were asked about."""
+
+    answers: dict[str, CymruAnswer]
+    unanswered: list[str]
+    error_lines: int
+    garbled_lines: int
+
+
+def build_bulk_query(ips: Sequence[str]) -> bytes:
+    """Frame a verbose bulk query; every IP must already be canonical, so no newline can slip in."""
+    lines = ["begin", "verbose"]
+    for ip in ips:
+        if not isinstance(ip, str) or canonical_ip(ip) != ip:
+            raise ValueError(f"not a canonical IP address: {ip!r}")
+        lines.append(ip)
+    lines.append("end")
+    return ("\n".join(lines) + "\n").encode("ascii")
+
+
+class _GarbledRow(ValueError):
+    """A data line whose IP column may be readable but whose other columns are not."""
+
+
+def _optional(cell: str) -> str | None:
+    return None if cell in _UNKNOWN else cell
+
+
+def _parse_prefix(cell: str, ip: str) -> str | None:
+    if cell in _UNKNOWN:
+        return None
+    try:
+        network = ipaddress.ip_network(cell, strict=False)
+    except ValueError as error:
+        raise _GarbledRow(f"bad prefix {cell!r}") from error
+    # A prefix that does not cover the IP means the line was mangled somewhere.
+    if "/" not in cell or ipaddress.ip_address(ip) not in network:
+        raise _GarbledRow(f"prefix {cell!r} does not cover {ip}")
+    return network.compressed
+
+
+def _parse_origin(cells: list[str], ip: str) -> CymruOrigin | None:
+    """Return the origin on a verbose data line, None for an `NA` (unrouted) line; raise if garbled."""
+    if len(cells) != _VERBOSE_COLUMNS:
+        raise _GarbledRow(f"{len(cells)} columns")
+    asn_cell, _, prefix_cell, country_cell, registry_cell, allocated_cell, name_cell = cells
+    prefix = _parse_prefix(prefix_cell, ip)
+    if country_cell and not _COUNTRY.fullmatch(country_cell):
+        raise _GarbledRow(f"bad country {country_cell!r}")
+    registry = _optional(registry_cell)
+    if registry is not None and not _REGISTRY.fullmatch(registry):
+        raise _GarbledRow(f"bad registry {registry!r}")
+    allocated = _optional(allocated_cell)
+    if allocated is not None and not _DATE.fullmatch(allocated):
+        raise _GarbledRow(f"bad date {allocated!r}")
+    if _CONTROL.search(name_cell):
+        raise _GarbledRow("control character in AS name")
+    if asn_cell.upper() == "NA":
+        return None
+    if not _ASN.fullmatch(asn_cell) or int(asn_cell) > _MAX_ASN:
+        raise _GarbledRow(f"bad ASN {asn_cell!r}")
+    return CymruOrigin(
+        asn=int(asn_cell),
+        prefix=prefix,
+        # "NA" here is Namibia: only routed lines reach this point, and unrouted ones leave CC empty.
+        country_code=country_cell.upper() or None,
+        registry=registry.lower() if registry else None,
+        allocated=allocated,
+        as_name=_optional(name_cell),
+    )
+
+
+def _is_header(cells: list[str]) -> bool:
+    return len(cells) >= 2 and cells[0].upper() == "AS" and cells[1].upper() == "IP"
+
+
+def parse_bulk_reply(text: str, requested: Sequence[str]) -> ParsedReply:
+    """Parse a verbose bulk reply, keyed by the IP column (reply order means nothing).
+
+    Tolerates either banner, a missing header, padding, CRLF, IPv6 in any textual form, MOAS rows and
+    trailing junk. An IP with any garbled data line is left unanswered rather than answered from its
+    other lines, so a mangled line can never produce a wrong ASN.
+    """
+    wanted: dict[str, None] = {}
+    invalid: list[str] = []
+    for value in requested:
+        ip = canonical_ip(value)
+        if ip is None:
+            invalid.append(str(value))
+        else:
+            wanted[ip] = None
+
+    origins: dict[str, set[CymruOrigin]] = {}
+    unrouted: set[str] = set()
+    garbled_ips: set[str] = set()
+    error_lines = garbled_lines = 0
+    for raw_line in text.split("\n"):
+        line = raw_line.strip()
+        if not line or line.lower().startswith("bulk mode"):
+            continue
+        if line.lower().startswith("error:"):
+            error_lines += 1
+            continue
+        cells = [cell.strip() for cell in line.split("|")]
+        if _is_header(cells):
+            continue
+        ip = canonical_ip(cells[1]) if len(cells) >= 2 else None
+        if ip is None:
+            garbled_lines += 1
+            continue
+        try:
+            origin = _parse_origin(cells, ip)
+        except _GarbledRow as why:
+            garbled_lines += 1
+            log.debug("garbled Cymru line for %s (%s): %.200r", ip, why, line)
+            if ip in wanted:
+                garbled_ips.add(ip)
+            continue
+        if ip not in wanted:
+            continue
+        if origin is None:
+            unrouted.add(ip)
+        else:
+            origins.setdefault(ip, set()).add(origin)
+
+    answers: dict[str, CymruAnswer] = {}
+    unanswered: list[str] = []
+    for ip in wanted:
+        # Both an NA row and an AS row for one IP contradict each other: trust neither.
+        if ip in garbled_ips or (ip in unrouted and ip in origins) or (ip not in unrouted and ip not in origins):
+            unanswered.append(ip)
+        else:
+            answers[ip] = CymruAnswer(ip, tuple(sorted(origins.get(ip, ()), key=_origin_order)))
+    return ParsedReply(answers, unanswered + invalid, error_lines, garbled_lines)
+
+
+@dataclass
+class BatchOutcome:
+    """How one batch (one TCP connection) went; `error` is set only when the whole batch failed."""
+
+    number: int
+    total: int
+    ips: list[str]
+    seconds: float
+    error: str | None
+
+
+@dataclass
+class BulkLookupResult:
+    """Every requested IP lands in exactly one of `answers` or `failed` (ip -> short reason)."""
+
+    answers: dict[str, CymruAnswer] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    batches: list[BatchOutcome] = field(default_factory=list)
+
+    @property
+    def batches_failed(self) -> int:
+        return sum(1 for batch in self.batches if batch.error is not None)
+
+
+def _remaining(deadline: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        # settimeout(0) would switch to non-blocking mode instead of timing out.
+        raise TimeoutError
+    return left
+
+
+class CymruBulkClient:
+    """Polite bulk client: batches of `batch_size` IPs, at most `max_parallel` connections at once."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int = 43,
+        *,
+        timeout_s: float = 30.0,
+        batch_size: int = 500,
+        max_parallel: int = 4,
+        max_reply_bytes_per_ip: int = 4096,
+    ) -> None:
+        if not 0 < port < 65536:
+            raise ValueError(f"port out of range: {port}")
+        if timeout_s <= 0 or batch_size < 1 or max_parallel < 1 or max_reply_bytes_per_ip < 1:
+            raise ValueError("timeout_s, batch_size, max_parallel and max_reply_bytes_per_ip must be positive")
+        self.host = host
+        self.port = port
+        self.timeout_s = timeout_s
+        self.batch_size = batch_size
+        self.max_parallel = max_parallel
+        self.max_reply_bytes_per_ip = max_reply_bytes_per_ip
+
+    def query_batch(self, ips: Sequence[str]) -> ParsedReply:
+        """Send one bulk query on one connection; raise CymruError if the batch as a whole failed."""
+        query = build_bulk_query(ips)
+        limit = self.max_reply_bytes_per_ip * len(ips) + _REPLY_SLACK_BYTES
+        reply = self._exchange(query, limit)
+        if not reply:
+            raise CymruError(_CLOSED_EARLY)
+        parsed = parse_bulk_reply(reply.decode("utf-8", errors="replace"), ips)
+        if parsed.garbled_lines or parsed.error_lines:
+            log.warning(
+                "Cymru reply for %d IPs: %d garbled line(s), %d error line(s), %d IP(s) unanswered",
+                len(ips), parsed.garbled_lines, parsed.error_lines, len(parsed.unanswered),
+            )
+        return parsed
+
+    def _exchange(self, query: bytes, limit: int) -> bytes:
+        """Send, half-close, read to EOF; the whole exchange shares one deadline of `timeout_s`."""
+        deadline = time.monotonic() + self.timeout_s
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            with socket.create_connection((self.host, self.port), timeout=_remaining(deadline)) as sock:
+                sock.settimeout(_remaining(deadline))
+                sock.sendall(query)
+                sock.shutdown(socket.SHUT_WR)
+                while True:
+                    sock.settimeout(_remaining(deadline))
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        return b"".join(chunks)
+                    size += len(chunk)
+                    if size > limit:
+                        raise CymruError(f"reply exceeded {limit} bytes")
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise CymruError(f"timed out after {float(self.timeout_s)} s") from None
+        except socket.gaierror as error:
+            raise CymruError(f"cannot resolve {self.host}: {error.strerror}") from None
+        except ConnectionRefusedError:
+            raise CymruError(f"connection refused by {self.host}:{self.port}") from None
+        except ConnectionResetError:
+            raise CymruError("connection reset by server") from None
+        except OSError as error:
+            # A server that hangs up while we still send makes send/shutdown fail with EPIPE or ENOTCONN.
+            if isinstance(error, (BrokenPipeError, ConnectionAbortedError)) or error.errno == errno.ENOTCONN:
+                raise CymruError(_CLOSED_EARLY) from None
+            raise CymruError(f"network error: {error.strerror or error}") from None
+
+    def _run_batch(self, number: int, total: int, ips: list[str]) -> tuple[BatchOutcome, ParsedReply | None]:
+        started = time.monotonic()
+        reply: ParsedReply | None = None
+        error: str | None = None
+        try:
+            reply = self.query_batch(ips)
+        except CymruError as failure:
+            error = str(failure)
+        except Exception as failure:  # noqa: BLE001 - a bug must fail the batch, never lose its IPs
+            log.exception("unexpected failure in Cymru batch %d/%d", number, total)
+            error = f"unexpected error: {type(failure).__name__}"
+        return BatchOutcome(number, total, ips, time.monotonic() - started, error), reply
+
+    def lookup(
+        self, ips: Iterable[str], *, on_batch: Callable[[BatchOutcome], None] | None = None
+    ) -> BulkLookupResult:
+        """Look up every distinct IP; `on_batch` is called from this thread as each batch finishes."""
+        result = BulkLookupResult()
+        to_send: list[str] = []
+        seen: set[str] = set()
+        for value in ips:
+            key = value if isinstance(value, str) else repr(value)
+            if key in seen:
+                continue
+            seen.add(key)
+            if canonical_ip(value) != value:
+                result.failed[key] = INVALID_IP
+            else:
+                to_send.append(value)
+
+        chunks = [to_send[start : start + self.batch_size] for start in range(0, len(to_send), self.batch_size)]
+        total = len(chunks)
+        if not chunks:
+            return result
+        with ThreadPoolExecutor(max_workers=min(self.max_parallel, total), thread_name_prefix="cymru") as pool:
+            futures = [
+                pool.submit(self._run_batch, number, total, chunk) for number, chunk in enumerate(chunks, 1)
+            ]
+            for future in as_completed(futures):
+                outcome, reply = future.result()
+                self._merge(result, outcome, reply)
+                if on_batch is not None:
+                    on_batch(outcome)
+        result.batches.sort(key=lambda batch: batch.number)
+        return result
+
+    @staticmethod
+    def _merge(result: BulkLookupResult, outcome: BatchOutcome, reply: ParsedReply | None) -> None:
+        result.batches.append(outcome)
+        if outcome.error is not None or reply is None:
+            log.warning("Cymru batch %d/%d failed: %s", outcome.number, outcome.total, outcome.error)
+            for ip in outcome.ips:
+                result.failed[ip] = f"batch {outcome.number}/{outcome.total}: {outcome.error}"
+            return
+        for ip in outcome.ips:
+            answer = reply.answers.get(ip)
+            if answer is None:
+                result.failed[ip] = NO_ANSWER
+            else:
+                result.answers[ip] = answer

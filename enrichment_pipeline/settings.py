@@ -1,0 +1,60 @@
+"""Environment variables the pipeline reads, with their embedded defaults, in one place.
+
+Names are contracts with operators' tooling: keep them exactly. Resources take these values through
+`EnvVar` when the variable is set, so the Dagster UI shows where a setting came from.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from dagster import EnvVar
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_LOG_DIR = PROJECT_ROOT / "data" / "sample_logs"
+DEFAULT_DB_PATH = PROJECT_ROOT / "dagster_home" / "inventory.sqlite"
+
+DEFAULTS: dict[str, str] = {
+    "COWRIE_LOG_DIR": str(SAMPLE_LOG_DIR),
+    "COWRIE_PARTITION_START": "2018-05-01",
+    "GEOIP_CITY_DB": "",  # empty: the GeoLite2-City database shipped by maxminddb-geolite2
+    "GEOIP_ASN_DB": "",  # empty: no ASN database (warned about; Cymru fills the gap)
+    "CYMRU_HOST": "whois.cymru.com",
+    "CYMRU_PORT": "43",
+    "CYMRU_BATCH_SIZE": "500",
+    "CYMRU_TIMEOUT_S": "60",
+    "CYMRU_MAX_PARALLEL": "4",
+    "ENRICHMENT_DB_URL": f"sqlite:///{DEFAULT_DB_PATH}",
+}
+
+
+def setting(name: str) -> str:
+    """The variable's value, or its embedded default (an empty value means 'use the default' too)."""
+    return os.environ.get(name) or DEFAULTS[name]
+
+
+def env_str(name: str) -> Any:
+    """`EnvVar(name)` when the variable is set and non-empty, else the embedded default."""
+    return EnvVar(name) if os.environ.get(name) else DEFAULTS[name]
+
+
+def env_int(name: str) -> Any:
+    """`EnvVar.int(name)` when set, else the default; a non-integer value fails loudly at load time."""
+    if not os.environ.get(name):
+        return int(DEFAULTS[name])
+    try:
+        int(os.environ[name])
+    except ValueError:
+        raise ValueError(f"Environment variable {name} must be an integer, got {os.environ[name]!r}") from None
+    return EnvVar.int(name)
+
+
+def env_float(name: str) -> float:
+    """Parsed float (EnvVar has no float form); a malformed value fails loudly at load time."""
+    raw = setting(name)
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"Environment variable {name} must be a number, got {raw!r}") from None
