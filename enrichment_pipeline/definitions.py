@@ -32,4 +32,11 @@ def build_resources() -> dict:
     }
 
 
-defs = Definitions(assets=enrichment_assets, jobs=[enrich_day_job], resources=build_resources())
+defs = Definitions(
+    assets=enrichment_assets,
+    asset_checks=[],
+    jobs=[enrich_day_job],
+    schedules=[],
+    sensors=[],
+    resources=build_resources(),
+)

@@ -25,7 +25,7 @@ DEFAULTS: dict[str, str] = {
     "CYMRU_PORT": "43",
     "CYMRU_BATCH_SIZE": "500",
     "CYMRU_TIMEOUT_S": "60",
-    "CYMRU_MAX_PARALLEL": "4",
+    "CYMRU_MAX_PARALLEL": "8",
     "ENRICHMENT_DB_URL": f"sqlite:///{DEFAULT_DB_PATH}",
 }
 

@@ -16,7 +16,7 @@ import socket
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -136,9 +136,25 @@ def _opened_log(path: pathlib.Path) -> Iterator[BinaryIO]:
         if not is_gzip:
             yield raw
             return
-        # GzipFile.readline is Python code; a C buffer on top makes per-line reads cheap again.
         with gzip.GzipFile(fileobj=raw, mode="rb") as unzipped:
-            yield io.BufferedReader(unzipped, _BUFFER_BYTES)  # type: ignore[arg-type]
+            yield io.BufferedReader(_ChunkSource(unzipped), _BUFFER_BYTES)  # type: ignore[arg-type]
+
+
+class _ChunkSource(io.RawIOBase):
+    """Serves a gzip stream one decompressed chunk at a time.
+
+    Under a C BufferedReader this makes per-line reads cheap (GzipFile.readline is Python code), and a
+    corrupt spot only costs the chunk it is in, not a whole buffer of good lines before it.
+    """
+
+    def __init__(self, unzipped: gzip.GzipFile) -> None:
+        self._unzipped = unzipped
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        return self._unzipped.readinto1(buffer)
 
 
 # Start values that any real timestamp replaces, so updating first/last needs no None checks.

@@ -18,7 +18,7 @@ class CymruResource(ConfigurableResource):
         default=60.0, gt=0, description="Deadline for one batch: connect, send and read (CYMRU_TIMEOUT_S)."
     )
     max_parallel: int = Field(
-        default=4, ge=1, le=8, description="Connections at once within one run (CYMRU_MAX_PARALLEL); be polite."
+        default=8, ge=1, le=8, description="Connections at once within one run (CYMRU_MAX_PARALLEL); be polite."
     )
 
     def client(self) -> CymruBulkClient:
