@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export DAGSTER_HOME ?= $(CURDIR)/dagster_home
 
-.PHONY: install demo test validate dev bench clean
+.PHONY: install demo test validate dev dev-postgres bench clean
 
 install: $(STAMP)
 
@@ -26,8 +26,22 @@ test: install
 validate: install
 	$(BIN)/dagster definitions validate -w workspace.yaml
 
+# The UI (http://127.0.0.1:$(DEV_PORT)) and the daemon, on this machine only, with the default SQLite
+# instance in dagster_home/. DAGSTER_HOME is set here, whatever the shell has (it must be absolute).
+DEV_PORT ?= 3000
 dev: install
-	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	DAGSTER_HOME=$(CURDIR)/dagster_home $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p $(DEV_PORT)
+
+# The same on the PostgreSQL instance (dagster_home/postgres/dagster.yaml); needs the DAGSTER_PG_* variables.
+dev-postgres: install
+	@for name in DAGSTER_PG_HOST DAGSTER_PG_PORT DAGSTER_PG_USER DAGSTER_PG_PASSWORD DAGSTER_PG_DB; do \
+	  printenv $$name >/dev/null || { echo "dev-postgres: set $$name (README, Orchestration)" >&2; exit 1; }; \
+	done
+	DAGSTER_HOME=$(CURDIR)/dagster_home/postgres $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p $(DEV_PORT)
+
+# The performance suite (issue 7): prints its table and adds it to bench/RESULTS.md (~5 min).
+bench: install
+	$(BIN)/python -m bench.run
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -38,6 +38,7 @@ def main() -> int:
             CYMRU_HOST=host,
             CYMRU_PORT=str(port),
             ENRICHMENT_DB_URL=f"sqlite:///{db_path}",
+            GREYNOISE_API_KEY="",  # offline: the GreyNoise pass is skipped, never the real API
         )
         from enrichment_pipeline.definitions import defs
 

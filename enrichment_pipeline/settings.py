@@ -27,6 +27,16 @@ DEFAULTS: dict[str, str] = {
     "CYMRU_TIMEOUT_S": "60",
     "CYMRU_MAX_PARALLEL": "8",
     "ENRICHMENT_DB_URL": f"sqlite:///{DEFAULT_DB_PATH}",
+    "GREYNOISE_API_KEY": "",  # empty: GreyNoise lookups are skipped (the asset says so)
+    "GREYNOISE_API_URL": "https://api.greynoise.io",
+    "GREYNOISE_RATE_PER_S": "1",
+    "GREYNOISE_DAILY_LIMIT": "100",  # requests per UTC day, shared by all runs
+    "GREYNOISE_TTL_DAYS": "7",
+    "MAXMIND_TTL_DAYS": "7",  # or sooner, when the City/ASN database build changes
+    "CYMRU_TTL_DAYS": "30",
+    "REFRESH_SCHEDULE": "0 */6 * * *",  # cron, UTC: the stale-refresh job
+    "REFRESH_MAX_IPS": "10000",  # IPs one refresh run re-enriches at most
+    "REFRESH_CHUNK_SIZE": "1000",  # IPs enriched and written per transaction
 }
 
 

@@ -11,11 +11,19 @@ from dagster import DagsterInstance, materialize
 from enrichment_pipeline.assets import enrichment_assets
 from enrichment_pipeline.core.inventory import fetch_inventory, make_engine
 from enrichment_pipeline.core.ips import canonical_ip
-from enrichment_pipeline.resources import CowrieLogDirectory, CymruResource, GeoIpResource, InventoryDatabase
+from enrichment_pipeline.resources import (
+    CowrieLogDirectory,
+    CymruResource,
+    GeoIpResource,
+    GreyNoiseResource,
+    InventoryDatabase,
+)
 from enrichment_pipeline.standins.asn_database import write_asn_database
 from enrichment_pipeline.standins.cymru_server import CymruStandinServer
+from enrichment_pipeline_tests.support.greynoise_server import FakeGreyNoise
 
 DAY = "2018-05-07"
+GREYNOISE_KEY = "gn-graph-secret-0ddba11"
 
 
 def distinct_valid_ips(log_file: Path) -> set[str]:
@@ -39,6 +47,17 @@ def standin():
 
 
 @pytest.fixture
+def greynoise():
+    """A loopback GreyNoise (observed for every IP unless scripted); `keyed_greynoise` points a resource at it."""
+    with FakeGreyNoise(GREYNOISE_KEY) as server:
+        yield server
+
+
+def keyed_greynoise(server: FakeGreyNoise) -> GreyNoiseResource:
+    return GreyNoiseResource(api_key=GREYNOISE_KEY, api_url=server.url, rate_per_s=1000, max_retries=0)
+
+
+@pytest.fixture
 def asn_db(tmp_path, sample_log_dir) -> tuple[str, set[str]]:
     """An ASN database covering exactly one of the day's IPs (as a /32), so both passes are exercised."""
     covered = sorted(distinct_valid_ips(sample_log_dir / f"cowrie.json.{DAY}"))[0]
@@ -46,7 +65,16 @@ def asn_db(tmp_path, sample_log_dir) -> tuple[str, set[str]]:
     return path, {covered}
 
 
-def run_day(day: str, log_dir: Path, db_url: str, cymru_port: int, asn_db: str, instance) -> dict:
+def run_day(
+    day: str,
+    log_dir: Path,
+    db_url: str,
+    cymru_port: int,
+    asn_db: str,
+    instance,
+    greynoise: GreyNoiseResource | None = None,
+) -> dict:
+    """Materialize the whole graph for `day`; GreyNoise is disabled (no key) unless a resource is given."""
     result = materialize(
         enrichment_assets,
         partition_key=day,
@@ -56,6 +84,7 @@ def run_day(day: str, log_dir: Path, db_url: str, cymru_port: int, asn_db: str, 
             "geoip": GeoIpResource(asn_db=asn_db),
             "cymru": CymruResource(host="127.0.0.1", port=cymru_port, timeout_s=10, batch_size=10),
             "inventory": InventoryDatabase(url=db_url),
+            "greynoise": greynoise or GreyNoiseResource(),
         },
     )
     assert result.success
@@ -131,6 +160,7 @@ def test_a_missing_day_fails_with_the_file_and_the_env_var_named(tmp_path, stand
                 "geoip": GeoIpResource(),
                 "cymru": CymruResource(host="127.0.0.1", port=standin.address[1]),
                 "inventory": InventoryDatabase(url=f"sqlite:///{tmp_path / 'inventory.sqlite'}"),
+                "greynoise": GreyNoiseResource(),
             },
         )
     assert not result.success

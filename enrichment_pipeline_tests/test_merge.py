@@ -1,19 +1,26 @@
 """Tests for core.merge (pure functions, no database): per-source replacement of enrichment objects,
-the MaxMind-first / Cymru-fallback ASN and country summary, and the GreyNoise columns."""
+the MaxMind-first / Cymru-fallback ASN and country summary, the GreyNoise columns, and how the passes'
+frames (core.frames) become source updates and retry-list entries."""
 
 from __future__ import annotations
 
 import copy
 import time
 
-from enrichment_pipeline.core.inventory import SourceUpdate
+from enrichment_pipeline.core.freshness import MaxMindBuilds
+from enrichment_pipeline.core.frames import cymru_frame, lookup_failures, maxmind_frame, source_updates
+from enrichment_pipeline.core.geoip import MaxMindRecord
+from enrichment_pipeline.core.greynoise import GreyNoiseAnswer, GreyNoiseLookupResult, greynoise_frame
+from enrichment_pipeline.core.inventory import LookupFailure, SourceUpdate
 from enrichment_pipeline.core.merge import (
     GreyNoiseSummary,
     Summary,
     merge_enrichment,
+    needs_cymru,
     summarize,
     summarize_greynoise,
 )
+from enrichment_pipeline.core.whois import BulkLookupResult, CymruAnswer
 
 IP = "198.51.100.7"
 MAXMIND = {"asn": 64500, "asn_org": "Example Transit", "country_code": "DE"}
@@ -128,3 +135,29 @@ def test_greynoise_summary_reads_classification_and_boolean_flags_only() -> None
     assert summarize_greynoise({"greynoise": answer}) == GreyNoiseSummary("malicious", True, False)
     assert summarize_greynoise({"greynoise": {"noise": "yes", "riot": 1}}) == GreyNoiseSummary(None, None, None)
     assert summarize_greynoise({}) == GreyNoiseSummary(None, None, None)
+
+
+def test_cymru_is_needed_only_while_maxmind_has_no_usable_asn() -> None:
+    assert needs_cymru({}) and needs_cymru({"maxmind": {"asn": None}}) and needs_cymru({"maxmind": {"asn": "junk"}})
+    assert not needs_cymru({"maxmind": {"asn": 64500}, "cymru": CYMRU})
+
+
+def test_frames_become_updates_only_for_new_answers_and_failures_for_the_retry_list() -> None:
+    ips = ["198.51.100.1", "198.51.100.2", "198.51.100.3"]
+    maxmind = maxmind_frame([MaxMindRecord(ip, True, country_code="DE") for ip in ips], MaxMindBuilds(1, None))
+    cymru = cymru_frame(BulkLookupResult(answers={ips[1]: CymruAnswer(ips[1], ())}, failed={ips[2]: "reset"}))
+    observed = GreyNoiseAnswer(ips[0], True, True, False, "malicious", None, None, "2018-05-07", None)
+    greynoise = greynoise_frame(
+        ips, GreyNoiseLookupResult(answers={ips[0]: observed}, failed={ips[1]: "HTTP 503"}), fresh={ips[2]}
+    )
+
+    updates = {u.ip: u for u in source_updates(maxmind, cymru, greynoise, maxmind_fresh={ips[0], ips[2]})}
+
+    assert set(updates) == {ips[0], ips[1]}  # ips[2]: MaxMind fresh, Cymru failed, GreyNoise fresh: nothing new
+    assert updates[ips[0]].maxmind is None and updates[ips[0]].greynoise["classification"] == "malicious"
+    assert updates[ips[1]].maxmind["city_db_build_epoch"] == 1 and updates[ips[1]].cymru["status"] == "unrouted"
+    assert updates[ips[1]].greynoise is None
+    assert lookup_failures(cymru, greynoise) == [
+        LookupFailure(ips[2], "cymru", "reset"),
+        LookupFailure(ips[1], "greynoise", "HTTP 503"),
+    ]

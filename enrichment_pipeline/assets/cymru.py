@@ -1,25 +1,56 @@
-"""Passes 2 and 3: the IPs MaxMind left without an ASN, looked up through Team Cymru bulk whois."""
+"""Passes 2 and 3: the IPs MaxMind left without an ASN and with no fresh Cymru answer, looked up through
+Team Cymru bulk whois."""
 
 
 import time
+from datetime import timedelta
 
 import pandas as pd
-from dagster import AssetExecutionContext, Backoff, Jitter, MaterializeResult, RetryPolicy, asset
+from dagster import AssetExecutionContext, Backoff, Config, Jitter, MaterializeResult, RetryPolicy, asset
+from pydantic import Field
 
 from enrichment_pipeline.assets.common import GROUP, frame_metadata
+from enrichment_pipeline.core import freshness
 from enrichment_pipeline.core.frames import CYMRU_FAILED, CYMRU_UNROUTED, cymru_frame
+from enrichment_pipeline.core.inventory import fresh_ips
 from enrichment_pipeline.core.whois import BatchOutcome
 from enrichment_pipeline.partitions import ingest_days
-from enrichment_pipeline.resources import CymruResource
+from enrichment_pipeline.resources import CymruResource, InventoryDatabase
+from enrichment_pipeline.settings import env_float
+
+
+class CymruFreshnessConfig(Config):
+    cymru_ttl_days: float = Field(
+        default=env_float("CYMRU_TTL_DAYS"),
+        ge=0,
+        description="A stored Cymru answer (routed or unrouted) younger than this is not asked again (CYMRU_TTL_DAYS).",
+    )
 
 
 @asset(partitions_def=ingest_days, group_name=GROUP, kinds={"pandas"})
-def ips_needing_cymru(context: AssetExecutionContext, maxmind_results: pd.DataFrame) -> MaterializeResult:
-    """The IPs pass 1 left without an ASN."""
-    frame = maxmind_results.loc[maxmind_results["asn"].isna(), ["ip"]].reset_index(drop=True)
+def ips_needing_cymru(
+    context: AssetExecutionContext,
+    config: CymruFreshnessConfig,
+    maxmind_results: pd.DataFrame,
+    inventory: InventoryDatabase,
+) -> MaterializeResult:
+    """The IPs pass 1 left without an ASN, minus those whose stored Cymru answer is still fresh.
+
+    A failed lookup stored no answer, so it is not fresh: every run of a day containing it retries it.
+    """
+    without_asn = maxmind_results.loc[maxmind_results["asn"].isna(), "ip"]
+    ttl = timedelta(days=config.cymru_ttl_days)
+    fresh = fresh_ips(inventory.engine(), without_asn, "cymru", ttl, now=freshness.utc_now())
+    frame = pd.DataFrame({"ip": without_asn[~without_asn.isin(fresh)]}).reset_index(drop=True)
     return MaterializeResult(
         value=frame,
-        metadata=frame_metadata(frame, ips=len(frame), had_maxmind_asn=len(maxmind_results) - len(frame)),
+        metadata=frame_metadata(
+            frame,
+            ips=len(frame),
+            had_maxmind_asn=len(maxmind_results) - len(without_asn),
+            skipped_fresh=len(fresh),
+            cymru_ttl_days=config.cymru_ttl_days,
+        ),
     )
 
 

@@ -7,6 +7,7 @@ import pandas as pd
 from dagster import AssetExecutionContext, Failure, MaterializeResult, asset
 
 from enrichment_pipeline.assets.common import GROUP, frame_metadata
+from enrichment_pipeline.core.freshness import MaxMindBuilds
 from enrichment_pipeline.core.frames import maxmind_frame
 from enrichment_pipeline.core.geoip import GeoIpError
 from enrichment_pipeline.partitions import ingest_days
@@ -25,7 +26,7 @@ def maxmind_results(
         raise Failure(description=str(error), allow_retries=False) from error
     if lookup.asn_warning:
         context.log.warning(lookup.asn_warning)
-    frame = maxmind_frame(lookup.lookup_many(cowrie_source_ips["ip"]))
+    frame = maxmind_frame(lookup.lookup_many(cowrie_source_ips["ip"]), MaxMindBuilds.of(lookup))
     with_asn = int(frame["asn"].notna().sum())
     return MaterializeResult(
         value=frame,
@@ -39,6 +40,7 @@ def maxmind_results(
             city_db=lookup.city_info.path,
             city_db_build_epoch=lookup.city_info.build_epoch,
             asn_db=lookup.asn_info.path if lookup.asn_info else "none",
+            **({"asn_db_build_epoch": lookup.asn_info.build_epoch} if lookup.asn_info else {}),
             seconds=round(time.perf_counter() - started, 3),
         ),
     )

@@ -7,13 +7,16 @@ back into per-source enrichment objects for the inventory.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 
 import pandas as pd
 
 from enrichment_pipeline.core.cowrie_log import SourceIpActivity
+from enrichment_pipeline.core.freshness import ASN_BUILD_KEY, CITY_BUILD_KEY, MaxMindBuilds
 from enrichment_pipeline.core.geoip import MaxMindRecord
-from enrichment_pipeline.core.inventory import DayActivity, SourceUpdate
+from enrichment_pipeline.core.greynoise import FAILED as GREYNOISE_FAILED
+from enrichment_pipeline.core.greynoise import greynoise_enrichment
+from enrichment_pipeline.core.inventory import DayActivity, LookupFailure, SourceUpdate
 from enrichment_pipeline.core.whois import BulkLookupResult, CymruAnswer, CymruOrigin
 
 SOURCE_COLUMNS = {
@@ -34,6 +37,8 @@ MAXMIND_COLUMNS = {
     "accuracy_radius": "Int64",
     "asn": "Int64",
     "asn_org": "string",
+    CITY_BUILD_KEY: "Int64",  # which database builds answered: a new build makes stored answers stale
+    ASN_BUILD_KEY: "Int64",
 }
 CYMRU_COLUMNS = {
     "ip": "string",
@@ -71,8 +76,9 @@ def sources_frame(sources: Sequence[SourceIpActivity]) -> pd.DataFrame:
     )
 
 
-def maxmind_frame(records: Sequence[MaxMindRecord]) -> pd.DataFrame:
-    return _frame((r.as_dict() for r in records), MAXMIND_COLUMNS)
+def maxmind_frame(records: Sequence[MaxMindRecord], builds: MaxMindBuilds) -> pd.DataFrame:
+    stamp = builds.as_dict()
+    return _frame(({**r.as_dict(), **stamp} for r in records), MAXMIND_COLUMNS)
 
 
 def _origin_dict(origin: CymruOrigin) -> dict:
@@ -133,13 +139,55 @@ def cymru_enrichment(row: dict) -> dict | None:
     return enrichment
 
 
-def source_updates(maxmind: pd.DataFrame, cymru: pd.DataFrame) -> list[SourceUpdate]:
-    """One update per IP: MaxMind for every IP of the day, Cymru where it answered."""
+def source_updates(
+    maxmind: pd.DataFrame,
+    cymru: pd.DataFrame,
+    greynoise: pd.DataFrame | None = None,
+    *,
+    maxmind_fresh: Collection[str] = frozenset(),
+) -> list[SourceUpdate]:
+    """The new answers per IP: MaxMind unless its stored answer is still fresh, Cymru and GreyNoise where
+    they answered. IPs with nothing new get no update."""
     cymru_by_ip = {row["ip"]: cymru_enrichment(row) for row in cymru.to_dict("records")}
-    return [
-        SourceUpdate(ip=row["ip"], maxmind=maxmind_enrichment(row), cymru=cymru_by_ip.get(row["ip"]))
-        for row in maxmind.to_dict("records")
-    ]
+    greynoise_rows = [] if greynoise is None else greynoise.to_dict("records")
+    greynoise_by_ip = {row["ip"]: greynoise_enrichment(row) for row in greynoise_rows}
+    updates = []
+    for row in maxmind.to_dict("records"):
+        ip = row["ip"]
+        update = SourceUpdate(
+            ip=ip,
+            maxmind=None if ip in maxmind_fresh else maxmind_enrichment(row),
+            cymru=cymru_by_ip.get(ip),
+            greynoise=greynoise_by_ip.get(ip),
+        )
+        if update != SourceUpdate(ip):
+            updates.append(update)
+    return updates
+
+
+def lookup_failures(cymru: pd.DataFrame, greynoise: pd.DataFrame | None = None) -> list[LookupFailure]:
+    """The retry list entries of this run: every failed Cymru row and every failed GreyNoise row."""
+    failed = [LookupFailure(row["ip"], "cymru", _error_text(row)) for row in _rows(cymru, CYMRU_FAILED)]
+    if greynoise is not None:
+        failed += [LookupFailure(row["ip"], "greynoise", _error_text(row)) for row in _rows(greynoise, GREYNOISE_FAILED)]
+    return failed
+
+
+def _rows(frame: pd.DataFrame, status: str) -> list[dict]:
+    return frame.loc[frame["status"] == status].to_dict("records")
+
+
+def _error_text(row: dict) -> str:
+    error = _clean(row.get("error"))
+    return str(error) if error else "lookup failed"
+
+
+def frame_builds(maxmind: pd.DataFrame) -> MaxMindBuilds | None:
+    """The database builds a `maxmind_results` frame was looked up with (None for an empty frame)."""
+    if maxmind.empty:
+        return None
+    city, asn = maxmind[CITY_BUILD_KEY].iloc[0], maxmind[ASN_BUILD_KEY].iloc[0]
+    return MaxMindBuilds(int(city), None if pd.isna(asn) else int(asn))
 
 
 def markdown_table(frame: pd.DataFrame, limit: int = 10) -> str:

@@ -1,15 +1,16 @@
 """The IP inventory database: SQLAlchemy models, engine setup, the per-day upsert and freshness queries.
-Owns `ip_inventory` (one row per IP) and `ip_daily_activity` (what each ingest day contributed)."""
+Owns `ip_inventory` (one row per IP), `ip_daily_activity` (what each day contributed) and `enrichment_failures`."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
+from typing import cast as typing_cast
 
 import orjson
 from sqlalchemy import (
@@ -27,21 +28,35 @@ from sqlalchemy import (
     Integer,
     String,
     Table,
+    and_,
+    cast,
     create_engine,
     delete,
     event,
+    exists,
     func,
     insert,
+    not_,
     select,
     text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql import Select
+from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import TypeDecorator
 
+from enrichment_pipeline.core.freshness import (
+    ASN_BUILD_KEY,
+    CITY_BUILD_KEY,
+    FreshnessPolicy,
+    MaxMindBuilds,
+    expires_at,
+    retry_delay,
+)
 from enrichment_pipeline.core.ips import canonical_ip
-from enrichment_pipeline.core.merge import SOURCES, merge_enrichment, summarize, summarize_greynoise
+from enrichment_pipeline.core.merge import SOURCES, merge_enrichment, needs_cymru, summarize, summarize_greynoise
 
 # Bound parameters per IN list: SQLite caps parameters per statement, and smaller lists plan well.
 _IN_CHUNK = 500
@@ -51,6 +66,8 @@ _SQLITE_BUSY_TIMEOUT = 60
 _WRITE_OPTION = "enrichment_pipeline_write"
 # pg_advisory_xact_lock key serialising concurrent create_schema calls on PostgreSQL.
 _SCHEMA_LOCK_KEY = 0x1F_1A7E_5C4E
+# A failure's error text is a short reason; anything longer is cut (it may quote a peer's reply).
+_MAX_ERROR_CHARS = 500
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -119,8 +136,27 @@ class IpDailyActivity(Base):
     last_seen: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
 
-INVENTORY = cast(Table, IpInventory.__table__)
-DAILY_ACTIVITY = cast(Table, IpDailyActivity.__table__)
+class EnrichmentFailure(Base):
+    """The retry list: one row per IP and source whose last lookup failed, until that source answers."""
+
+    __tablename__ = "enrichment_failures"
+    __table_args__ = (
+        CheckConstraint("attempts >= 1", name="ck_enrichment_failures_attempts"),
+        Index("ix_enrichment_failures_next_retry_at", "next_retry_at"),
+    )
+
+    ip_address: Mapped[str] = mapped_column(String(45), primary_key=True)
+    source: Mapped[str] = mapped_column(String(16), primary_key=True)
+    error: Mapped[str] = mapped_column(String, nullable=False)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False)
+    first_failed_at: Mapped[datetime] = mapped_column(UtcDateTime, nullable=False)
+    last_failed_at: Mapped[datetime] = mapped_column(UtcDateTime, nullable=False)
+    next_retry_at: Mapped[datetime] = mapped_column(UtcDateTime, nullable=False)
+
+
+INVENTORY = typing_cast(Table, IpInventory.__table__)
+DAILY_ACTIVITY = typing_cast(Table, IpDailyActivity.__table__)
+FAILURES = typing_cast(Table, EnrichmentFailure.__table__)
 
 # Every column but the key: rows are computed whole in Python, under the write lock.
 _VALUE_COLUMNS: tuple[str, ...] = tuple(column.name for column in INVENTORY.columns if not column.primary_key)
@@ -145,12 +181,23 @@ class SourceUpdate:
     greynoise: dict[str, Any] | None = None
 
 
+@dataclass(frozen=True)
+class LookupFailure:
+    """A source that was asked about an IP and gave no answer (after its client's own retries)."""
+
+    ip: str
+    source: str
+    error: str
+
+
 @dataclass
 class UpsertStats:
     inserted: int  # touched IPs that had no inventory row yet
     updated: int  # touched IPs that already had one (rewritten only if a value changed)
     activity_rows: int
     seconds: float
+    failures_recorded: int = 0  # rows written to the retry list
+    failures_cleared: int = 0  # retry-list rows removed: the source answered, or is no longer needed
 
 
 def make_engine(url: str) -> Engine:
@@ -179,29 +226,39 @@ def upsert_day(
     updates: Sequence[SourceUpdate],
     *,
     now: datetime,
+    failures: Sequence[LookupFailure] = (),
 ) -> UpsertStats:
-    """Replace `day`'s activity, merge the source updates and recompute the totals, in one transaction.
+    """Replace `day`'s activity, merge the source updates, recompute the totals and update the retry
+    list, in one transaction.
 
     Re-running a day replaces its contribution instead of adding to it. Sources absent from an
     update keep their stored object and `<source>_updated_at`. Raises ValueError (before writing
     anything) for a non-canonical IP, an IP listed twice in `activity`, or a naive datetime.
     """
     started = time.perf_counter()
-    _check_inputs(activity, updates, now)
+    _check_inputs(activity, updates, failures, now)
     with _write_transaction(engine) as conn:
         _lock_inventory(conn)
         previous_ips = _replace_day_activity(conn, day, activity)
-        touched = sorted({row.ip for row in activity} | {row.ip for row in updates} | previous_ips)
-        stored = _read_stored_rows(conn, touched)
-        totals = _activity_totals(conn, touched)
-        rows = _merged_rows(touched, stored, totals, updates, now)
-        _write_changes(conn, rows, stored)
-    return UpsertStats(
-        inserted=len(touched) - len(stored),
-        updated=len(stored),
-        activity_rows=len(activity),
-        seconds=time.perf_counter() - started,
-    )
+        touched = {row.ip for row in activity} | previous_ips
+        stats = _merge_and_write(conn, touched, updates, failures, now)
+    stats.activity_rows = len(activity)
+    stats.seconds = time.perf_counter() - started
+    return stats
+
+
+def upsert_enrichment(
+    engine: Engine, updates: Sequence[SourceUpdate], *, now: datetime, failures: Sequence[LookupFailure] = ()
+) -> UpsertStats:
+    """Merge source answers and update the retry list without touching any day's activity (the refresh
+    path), in one transaction. An IP not yet in the inventory gets a row with no sessions."""
+    started = time.perf_counter()
+    _check_inputs((), updates, failures, now)
+    with _write_transaction(engine) as conn:
+        _lock_inventory(conn)
+        stats = _merge_and_write(conn, set(), updates, failures, now)
+    stats.seconds = time.perf_counter() - started
+    return stats
 
 
 def fetch_inventory(engine: Engine, ips: Iterable[str] | None = None) -> list[dict[str, Any]]:
@@ -217,20 +274,97 @@ def fetch_inventory(engine: Engine, ips: Iterable[str] | None = None) -> list[di
     return sorted(rows, key=lambda row: row["ip_address"])
 
 
-def fresh_ips(engine: Engine, ips: Iterable[str], source: str, ttl: timedelta, *, now: datetime) -> set[str]:
-    """The IPs among `ips` whose `<source>` answer is younger than `ttl` (updated after `now - ttl`)."""
-    if source not in SOURCES:
-        raise ValueError(f"unknown source {source!r}: expected one of {', '.join(SOURCES)}")
-    if now.utcoffset() is None:
-        raise ValueError(f"naive `now` {now.isoformat()}: pass a timezone-aware datetime")
-    updated_at = INVENTORY.c[f"{source}_updated_at"]
-    cutoff = now - ttl
+def fresh_ips(
+    engine: Engine,
+    ips: Iterable[str],
+    source: str,
+    ttl: timedelta,
+    *,
+    now: datetime,
+    maxmind_builds: MaxMindBuilds | None = None,
+) -> set[str]:
+    """The IPs among `ips` whose `<source>` answer is younger than `ttl` (updated after `now - ttl`).
+
+    With `maxmind_builds`, a MaxMind answer is fresh only if those database builds gave it.
+    """
+    _check_source(source)
+    _check_aware(now)
+    fresh_now = _fresh(source, ttl, now, maxmind_builds if source == "maxmind" else None)
     fresh: set[str] = set()
     with engine.connect() as conn:
         for chunk in _chunks(sorted(set(ips))):
             in_chunk = INVENTORY.c.ip_address.in_(chunk)
-            fresh.update(conn.scalars(select(INVENTORY.c.ip_address).where(in_chunk, updated_at > cutoff)))
+            fresh.update(conn.scalars(select(INVENTORY.c.ip_address).where(in_chunk, fresh_now)))
     return fresh
+
+
+def stalest_ips(
+    engine: Engine,
+    limit: int,
+    policy: FreshnessPolicy,
+    *,
+    now: datetime,
+    sources: Sequence[str] = SOURCES,
+    askable: Callable[[str, str], bool] | None = None,
+) -> list[str]:
+    """Up to `limit` inventory IPs most in need of a lookup by one of `sources`, most urgent first.
+
+    First the failed lookups whose retry time has come (earliest first), then the IPs whose answer
+    expired longest ago: a MaxMind answer older than its TTL or from other database builds, a Cymru
+    answer while MaxMind has no ASN, a GreyNoise answer for IPv4. A failed source still backing off
+    does not make its IP due, nor does a source that `askable(source, ip)` says cannot answer.
+    """
+    _check_aware(now)
+    for source in sources:
+        _check_source(source)
+    if limit <= 0 or not sources:
+        return []
+    can_ask = askable or (lambda _source, _ip: True)
+    failures = FAILURES.c
+    due_retry = (
+        select(failures.ip_address, failures.source)
+        .where(failures.source.in_(sources), failures.next_retry_at <= now)
+        .order_by(failures.next_retry_at, failures.ip_address)
+    )
+    expiring: list[tuple[datetime, str]] = []
+    with engine.connect() as conn:
+        retries = _first(conn, due_retry, limit, lambda row: can_ask(row.source, row.ip_address))
+        chosen = dict.fromkeys(row.ip_address for row in retries)
+        for source in sources:
+            stamp = INVENTORY.c[f"{source}_updated_at"]
+            ttl = policy.ttl(source)
+            query = (
+                select(INVENTORY.c.ip_address, stamp)
+                .where(_due(source, ttl, now, policy.maxmind_builds))
+                .order_by(stamp.asc().nulls_first(), INVENTORY.c.ip_address)
+            )
+            rows = _first(conn, query, limit, lambda row, source=source: can_ask(source, row[0]))
+            expiring.extend((expires_at(updated_at, ttl), ip) for ip, updated_at in rows)
+    for _, ip in sorted(expiring):
+        chosen.setdefault(ip)
+    return list(chosen)[:limit]
+
+
+def backing_off_ips(engine: Engine, ips: Iterable[str], source: str, *, now: datetime) -> set[str]:
+    """The IPs among `ips` whose failed `source` lookup must not be retried before a later time."""
+    _check_source(source)
+    _check_aware(now)
+    failures = FAILURES.c
+    waiting: set[str] = set()
+    with engine.connect() as conn:
+        for chunk in _chunks(sorted(set(ips))):
+            query = select(failures.ip_address).where(
+                failures.ip_address.in_(chunk), failures.source == source, failures.next_retry_at > now
+            )
+            waiting.update(conn.scalars(query))
+    return waiting
+
+
+def fetch_failures(engine: Engine) -> list[dict[str, Any]]:
+    """The whole retry list as dicts keyed by column name, ordered by IP and source."""
+    with engine.connect() as conn:
+        query = select(FAILURES).order_by(FAILURES.c.ip_address, FAILURES.c.source)
+        return [dict(row) for row in conn.execute(query).mappings()]
 
 
 def ips_seen_on(engine: Engine, day: date) -> set[str]:
@@ -282,14 +416,49 @@ def _dump_json(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+def _first(conn: Connection, query: Select[Any], limit: int, keep: Callable[[Any], bool]) -> list[Any]:
+    """The first `limit` rows of `query` that `keep` accepts, streamed so a long tail is never fetched."""
+    kept: list[Any] = []
+    result = conn.execute(query, execution_options={"yield_per": _IN_CHUNK})
+    try:
+        for row in result:
+            if keep(row):
+                kept.append(row)
+                if len(kept) == limit:
+                    break
+    finally:
+        result.close()
+    return kept
+
+
 def _chunks(values: Sequence[str]) -> Iterator[Sequence[str]]:
     for start in range(0, len(values), _IN_CHUNK):
         yield values[start : start + _IN_CHUNK]
 
 
-def _check_inputs(activity: Sequence[DayActivity], updates: Sequence[SourceUpdate], now: datetime) -> None:
+def _check_source(source: str) -> None:
+    if source not in SOURCES:
+        raise ValueError(f"unknown source {source!r}: expected one of {', '.join(SOURCES)}")
+
+
+def _check_aware(now: datetime) -> None:
     if now.utcoffset() is None:
         raise ValueError(f"naive `now` {now.isoformat()}: pass a timezone-aware datetime")
+
+
+def _check_inputs(
+    activity: Sequence[DayActivity],
+    updates: Sequence[SourceUpdate],
+    failures: Sequence[LookupFailure],
+    now: datetime,
+) -> None:
+    _check_aware(now)
+    failed_pairs: set[tuple[str, str]] = set()
+    for failure in failures:
+        _check_source(failure.source)
+        if (failure.ip, failure.source) in failed_pairs:
+            raise ValueError(f"{failure.source} failure for {failure.ip!r} listed twice")
+        failed_pairs.add((failure.ip, failure.source))
     seen: set[str] = set()
     for row in activity:
         if row.ip in seen:
@@ -298,9 +467,39 @@ def _check_inputs(activity: Sequence[DayActivity], updates: Sequence[SourceUpdat
         for moment in (row.first_seen, row.last_seen):
             if moment is not None and moment.utcoffset() is None:
                 raise ValueError(f"naive first_seen/last_seen for {row.ip}: pass timezone-aware datetimes")
-    for ip in seen.union(row.ip for row in updates):
+    for ip in seen.union(row.ip for row in updates).union(ip for ip, _ in failed_pairs):
         if canonical_ip(ip) != ip:
             raise ValueError(f"not a canonical IP address: {ip!r}")
+
+
+def _maxmind_build(key: str) -> ColumnElement[Any]:
+    # A BIGINT cast keeps the comparison numeric on both backends (epochs outgrow INTEGER in 2038).
+    return cast(INVENTORY.c.enrichment[("maxmind", key)].as_string(), BigInteger)
+
+
+def _fresh(source: str, ttl: timedelta, now: datetime, builds: MaxMindBuilds | None) -> ColumnElement[bool]:
+    """SQL for "the stored `source` answer is fresh"; never NULL, so its negation is safe too."""
+    stamp = INVENTORY.c[f"{source}_updated_at"]
+    conditions = [stamp.is_not(None), stamp > now - ttl]
+    if builds is not None:
+        conditions.append(_maxmind_build(CITY_BUILD_KEY).is_not_distinct_from(builds.city))
+        conditions.append(_maxmind_build(ASN_BUILD_KEY).is_not_distinct_from(builds.asn))
+    return and_(*conditions)
+
+
+def _due(source: str, ttl: timedelta, now: datetime, builds: MaxMindBuilds | None) -> ColumnElement[bool]:
+    """SQL for "this source should be asked about the row's IP now" (see `stalest_ips`)."""
+    failures = FAILURES.c
+    backing_off = exists().where(
+        failures.ip_address == INVENTORY.c.ip_address, failures.source == source, failures.next_retry_at > now
+    )
+    conditions = [not_(_fresh(source, ttl, now, builds if source == "maxmind" else None)), ~backing_off]
+    if source == "cymru":
+        # Cymru is the fallback for IPs MaxMind gave no ASN (an unknown, JSON null or missing key).
+        conditions.append(INVENTORY.c.enrichment[("maxmind", "asn")].as_string().is_(None))
+    if source == "greynoise":
+        conditions.append(not_(INVENTORY.c.ip_address.contains(":")))  # IPv4 only
+    return and_(*conditions)
 
 
 def _lock_inventory(conn: Connection) -> None:
@@ -329,6 +528,29 @@ def _replace_day_activity(conn: Connection, day: date, activity: Sequence[DayAct
         ]
         conn.execute(insert(DAILY_ACTIVITY), rows)
     return previous
+
+
+def _merge_and_write(
+    conn: Connection,
+    touched: set[str],
+    updates: Sequence[SourceUpdate],
+    failures: Sequence[LookupFailure],
+    now: datetime,
+) -> UpsertStats:
+    ips = sorted(touched | {row.ip for row in updates} | {failure.ip for failure in failures})
+    stored = _read_stored_rows(conn, ips)
+    totals = _activity_totals(conn, ips)
+    rows = _merged_rows(ips, stored, totals, updates, now)
+    _write_changes(conn, rows, stored)
+    recorded, cleared = _write_failures(conn, rows, updates, failures, now)
+    return UpsertStats(
+        inserted=len(ips) - len(stored),
+        updated=len(stored),
+        activity_rows=0,
+        seconds=0.0,
+        failures_recorded=recorded,
+        failures_cleared=cleared,
+    )
 
 
 def _read_stored_rows(conn: Connection, ips: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -433,14 +655,84 @@ def _write_rows(conn: Connection, rows: Sequence[Mapping[str, Any]], columns: Se
         raise RuntimeError(f"inventory upsert wrote {len(written)} rows instead of {len(rows)}")
 
 
-def _upsert_statement(dialect_name: str, columns: Sequence[str]) -> Insert:
+def _dialect_insert(dialect_name: str) -> Any:
     dialect_insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}.get(dialect_name)
     if dialect_insert is None:
         raise NotImplementedError(f"the inventory supports SQLite and PostgreSQL, not {dialect_name}")
-    statement = dialect_insert(INVENTORY)
+    return dialect_insert
+
+
+def _upsert_statement(dialect_name: str, columns: Sequence[str]) -> Insert:
+    statement = _dialect_insert(dialect_name)(INVENTORY)
     # RETURNING lets SQLAlchemy batch the rows into multi-row INSERTs (insertmanyvalues): without
     # it, an ON CONFLICT executemany is one round trip per row on psycopg2.
     return statement.on_conflict_do_update(
         index_elements=[INVENTORY.c.ip_address],
         set_={name: statement.excluded[name] for name in columns},
     ).returning(INVENTORY.c.ip_address)
+
+
+def _write_failures(
+    conn: Connection,
+    rows: Sequence[Mapping[str, Any]],
+    updates: Sequence[SourceUpdate],
+    failures: Sequence[LookupFailure],
+    now: datetime,
+) -> tuple[int, int]:
+    """Record the new failures (attempts + 1, backoff) and drop those that are settled; return both counts.
+
+    A failure is settled when its source answered, or for Cymru when MaxMind now gives an ASN (Cymru
+    will not be asked again, so the entry could never clear itself).
+    """
+    settled = {(update.ip, source) for update in updates for source in SOURCES if getattr(update, source) is not None}
+    settled |= {(row["ip_address"], "cymru") for row in rows if not needs_cymru(row["enrichment"])}
+    existing = _read_failures(conn, [row["ip_address"] for row in rows])
+
+    cleared = 0
+    for source in SOURCES:
+        gone = sorted(ip for ip, pair_source in existing if pair_source == source and (ip, source) in settled)
+        for chunk in _chunks(gone):
+            cleared += conn.execute(
+                delete(FAILURES).where(FAILURES.c.source == source, FAILURES.c.ip_address.in_(chunk))
+            ).rowcount
+
+    records: list[dict[str, Any]] = []
+    for failure in failures:
+        if (failure.ip, failure.source) in settled:
+            continue
+        attempts, first_failed_at = existing.get((failure.ip, failure.source), (0, now))
+        records.append(
+            {
+                "ip_address": failure.ip,
+                "source": failure.source,
+                "error": failure.error[:_MAX_ERROR_CHARS] or "unknown error",
+                "attempts": attempts + 1,
+                "first_failed_at": first_failed_at,
+                "last_failed_at": now,
+                "next_retry_at": now + retry_delay(attempts + 1),
+            }
+        )
+    if records:
+        statement = _dialect_insert(conn.dialect.name)(FAILURES)
+        columns = ("error", "attempts", "first_failed_at", "last_failed_at", "next_retry_at")
+        conn.execute(
+            statement.on_conflict_do_update(
+                index_elements=[FAILURES.c.ip_address, FAILURES.c.source],
+                set_={name: statement.excluded[name] for name in columns},
+            ),
+            records,
+        )
+    return len(records), cleared
+
+
+def _read_failures(conn: Connection, ips: Sequence[str]) -> dict[tuple[str, str], tuple[int, datetime]]:
+    """(ip, source) -> (attempts, first_failed_at) of the stored failures of `ips`."""
+    failures = FAILURES.c
+    found: dict[tuple[str, str], tuple[int, datetime]] = {}
+    for chunk in _chunks(ips):
+        query = select(failures.ip_address, failures.source, failures.attempts, failures.first_failed_at).where(
+            failures.ip_address.in_(chunk)
+        )
+        for ip, source, attempts, first_failed_at in conn.execute(query):
+            found[(ip, source)] = (attempts, first_failed_at)
+    return found

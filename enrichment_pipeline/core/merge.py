@@ -63,6 +63,11 @@ def summarize(enrichment: Mapping[str, Any]) -> Summary:
     return Summary(asn=asn, asn_org=asn_org, country_code=country)
 
 
+def needs_cymru(enrichment: Mapping[str, Any]) -> bool:
+    """Cymru is the fallback: it is asked (and a failed Cymru lookup retried) only while MaxMind has no ASN."""
+    return _as_asn(_source(enrichment, "maxmind").get("asn")) is None
+
+
 def summarize_greynoise(enrichment: Mapping[str, Any]) -> GreyNoiseSummary:
     """Derive the GreyNoise columns (classification, noise, riot) from the stored greynoise object."""
     greynoise = _source(enrichment, "greynoise")

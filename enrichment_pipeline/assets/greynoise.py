@@ -1,0 +1,85 @@
+"""GreyNoise pass: the day's IPv4 sources whose stored answer is not fresh, asked within rate and daily budget.
+Without an API key every row is "disabled" and nothing is asked; a rejected key (401) fails the step clearly."""
+
+import time
+from collections import Counter
+
+import pandas as pd
+from dagster import AssetExecutionContext, Backoff, Failure, Jitter, MaterializeResult, RetryPolicy, asset
+
+from enrichment_pipeline.assets.common import GROUP, frame_metadata
+from enrichment_pipeline.core import freshness
+from enrichment_pipeline.core.greynoise import (
+    GreyNoiseAuthError,
+    budgeted_lookup,
+    greynoise_frame,
+    status_counts,
+)
+from enrichment_pipeline.core.inventory import fresh_ips
+from enrichment_pipeline.partitions import ingest_days
+from enrichment_pipeline.resources import GreyNoiseResource, InventoryDatabase
+
+NO_KEY_NOTE = "GREYNOISE_API_KEY is not set: GreyNoise lookups skipped (rows marked 'disabled')"
+
+
+@asset(
+    partitions_def=ingest_days,
+    group_name=GROUP,
+    kinds={"pandas"},
+    pool="greynoise",  # limits GreyNoise lookups across concurrent runs (backfills)
+    # Lookup failures are returned, not raised; a retry only helps against unexpected transient errors.
+    retry_policy=RetryPolicy(max_retries=2, delay=30, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS),
+)
+def greynoise_results(
+    context: AssetExecutionContext,
+    cowrie_source_ips: pd.DataFrame,
+    greynoise: GreyNoiseResource,
+    inventory: InventoryDatabase,
+) -> MaterializeResult:
+    """GreyNoise community answers (noise, RIOT, classification) per IP: observed, not_observed, fresh, skipped,
+    failed (kept for retry) or disabled."""
+    started = time.perf_counter()
+    ips = cowrie_source_ips["ip"].tolist()
+    if not greynoise.enabled:
+        context.log.info(NO_KEY_NOTE)
+        frame = greynoise_frame(ips, None)
+        return MaterializeResult(
+            value=frame,
+            metadata=frame_metadata(
+                frame,
+                **status_counts(frame),
+                requests_made=0,
+                skipped_reason=NO_KEY_NOTE,
+                seconds=round(time.perf_counter() - started, 3),
+            ),
+        )
+
+    engine = inventory.engine()
+    now = freshness.utc_now()
+    fresh = fresh_ips(engine, ips, "greynoise", greynoise.ttl, now=now)
+    budget = greynoise.daily_budget(engine)
+    try:
+        with greynoise.client() as client:
+            result = budgeted_lookup(client, budget, [ip for ip in ips if ip not in fresh], day=now.date())
+    except GreyNoiseAuthError as error:  # a bad key stays bad: retrying the step cannot help
+        raise Failure(description=str(error), allow_retries=False) from error
+
+    frame = greynoise_frame(ips, result, fresh=fresh)
+    if result.failed:
+        reasons = ", ".join(f"{reason}: {n}" for reason, n in Counter(result.failed.values()).most_common())
+        context.log.warning(f"GreyNoise: {len(result.failed)} lookups failed, kept for retry ({reasons})")
+    context.log.info(
+        f"GreyNoise: {len(fresh)} fresh, {len(result.answers)} answered, {len(result.skipped)} skipped,"
+        f" {len(result.failed)} failed with {result.requests_made} requests"
+    )
+    return MaterializeResult(
+        value=frame,
+        metadata=frame_metadata(
+            frame,
+            **status_counts(frame),
+            requests_made=result.requests_made,
+            daily_limit=budget.daily_limit,
+            budget_left=budget.left(now.date()),
+            seconds=round(time.perf_counter() - started, 3),
+        ),
+    )

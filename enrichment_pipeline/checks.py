@@ -1,0 +1,160 @@
+"""Per-day asset checks, shown next to their assets in the UI and run with every materialization of them:
+every ingested IP is in the inventory, enough of the day's IPs have an ASN, no Team Cymru batch failed."""
+
+import os
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date
+
+import pandas as pd
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetIn,
+    AssetRecordsFilter,
+    Backoff,
+    PreviewWarning,
+    RetryPolicy,
+    asset_check,
+)
+from sqlalchemy import Engine, select
+
+from enrichment_pipeline.assets import cymru_bulk_results, merged_inventory
+from enrichment_pipeline.core.frames import CYMRU_FAILED
+from enrichment_pipeline.core.inventory import DAILY_ACTIVITY, INVENTORY
+from enrichment_pipeline.partitions import ingest_days
+from enrichment_pipeline.resources import InventoryDatabase
+
+ASN_COVERAGE_ENV = "ASN_COVERAGE_MIN"
+DEFAULT_ASN_COVERAGE_MIN = 0.9
+SAMPLE_SIZE = 10  # IPs or errors listed in a check's metadata
+# A check only reads; a retry helps against a database that is briefly busy or unreachable.
+READ_RETRY = RetryPolicy(max_retries=2, delay=5, backoff=Backoff.EXPONENTIAL)
+# Partitioned checks are a "preview" feature of Dagster 1.13; the exact pin in pyproject.toml guards it.
+warnings.filterwarnings("ignore", message="Specifying a partitions_def on an AssetCheckSpec", category=PreviewWarning)
+
+
+def asn_coverage_min() -> float:
+    """ASN_COVERAGE_MIN: the share (0..1) of a day's IPs that should have an ASN; below it the check warns."""
+    raw = os.environ.get(ASN_COVERAGE_ENV) or str(DEFAULT_ASN_COVERAGE_MIN)
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"Environment variable {ASN_COVERAGE_ENV} must be a number from 0 to 1, got {raw!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class DayCoverage:
+    """How a day's ingested IPs are represented in the inventory."""
+
+    ips: int
+    missing: list[str]  # ingested IPs with no inventory row carrying this day's activity, sorted
+    with_asn: int
+
+    @property
+    def share_with_asn(self) -> float:
+        return self.with_asn / self.ips if self.ips else 1.0
+
+
+def day_coverage(engine: Engine, day: date, ips: Iterable[str]) -> DayCoverage:
+    """Compare the day's ingested IPs with the inventory rows that have an `ip_daily_activity` row for it."""
+    expected = set(ips)
+    query = (
+        select(INVENTORY.c.ip_address, INVENTORY.c.current_asn)
+        .join(DAILY_ACTIVITY, DAILY_ACTIVITY.c.ip_address == INVENTORY.c.ip_address)
+        .where(DAILY_ACTIVITY.c.day == day)
+    )
+    with engine.connect() as conn:
+        stored = {ip: asn for ip, asn in conn.execute(query)}
+    with_asn = sum(1 for ip in expected if stored.get(ip) is not None)
+    return DayCoverage(ips=len(expected), missing=sorted(expected - stored.keys()), with_asn=with_asn)
+
+
+def _day(context: AssetCheckExecutionContext) -> date:
+    return date.fromisoformat(context.partition_key)
+
+
+@asset_check(
+    asset=merged_inventory,
+    partitions_def=ingest_days,
+    additional_ins={"cowrie_source_ips": AssetIn("cowrie_source_ips")},
+    # Blocking: what is built on top of the inventory (reports) waits for, and skips on, a broken day.
+    blocking=True,
+    retry_policy=READ_RETRY,
+)
+def every_ingested_ip_in_inventory(
+    context: AssetCheckExecutionContext, cowrie_source_ips: pd.DataFrame, inventory: InventoryDatabase
+) -> AssetCheckResult:
+    """Every source IP read from the day's log has an ip_inventory row with that day's activity."""
+    coverage = day_coverage(inventory.engine(), _day(context), cowrie_source_ips["ip"])
+    return AssetCheckResult(
+        passed=not coverage.missing,
+        severity=AssetCheckSeverity.ERROR,
+        description=f"{len(coverage.missing)} of {coverage.ips} ingested IPs missing from ip_inventory",
+        metadata={
+            "ingested_ips": coverage.ips,
+            "missing_ips": len(coverage.missing),
+            "missing_sample": ", ".join(coverage.missing[:SAMPLE_SIZE]),
+        },
+    )
+
+
+@asset_check(
+    asset=merged_inventory,
+    partitions_def=ingest_days,
+    additional_ins={"cowrie_source_ips": AssetIn("cowrie_source_ips")},
+    retry_policy=READ_RETRY,
+)
+def asn_coverage(
+    context: AssetCheckExecutionContext, cowrie_source_ips: pd.DataFrame, inventory: InventoryDatabase
+) -> AssetCheckResult:
+    """The share of the day's IPs with an ASN (MaxMind or Cymru) is at least ASN_COVERAGE_MIN (warns below)."""
+    threshold = asn_coverage_min()
+    coverage = day_coverage(inventory.engine(), _day(context), cowrie_source_ips["ip"])
+    return AssetCheckResult(
+        passed=coverage.share_with_asn >= threshold,
+        severity=AssetCheckSeverity.WARN,
+        description=f"{coverage.share_with_asn:.1%} of the day's IPs have an ASN (minimum {threshold:.0%})",
+        metadata={
+            "ips": coverage.ips,
+            "ips_with_asn": coverage.with_asn,
+            "share_with_asn": round(coverage.share_with_asn, 4),
+            "minimum_share": threshold,
+        },
+    )
+
+
+@asset_check(asset=cymru_bulk_results, partitions_def=ingest_days)
+def no_failed_cymru_batches(
+    context: AssetCheckExecutionContext, cymru_bulk_results: pd.DataFrame
+) -> AssetCheckResult:
+    """No Team Cymru batch failed (warns otherwise: its IPs are on the retry list, asked again later)."""
+    failed = cymru_bulk_results.loc[cymru_bulk_results["status"] == CYMRU_FAILED]
+    batches_failed = _materialization_count(context, "batches_failed")
+    errors = failed["error"].dropna().unique().tolist()[:SAMPLE_SIZE]
+    return AssetCheckResult(
+        passed=len(failed) == 0 and not batches_failed,
+        severity=AssetCheckSeverity.WARN,
+        description=f"{batches_failed or 0} failed batches, {len(failed)} IPs without a Cymru answer",
+        metadata={
+            "batches_failed": batches_failed if batches_failed is not None else -1,
+            "failed_ips": len(failed),
+            "errors": "; ".join(errors),
+        },
+    )
+
+
+def _materialization_count(context: AssetCheckExecutionContext, name: str) -> int | None:
+    """An integer from the metadata of the checked partition's latest materialization, if recorded."""
+    records = context.instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=cymru_bulk_results.key, asset_partitions=[context.partition_key]),
+        limit=1,
+    ).records
+    materialization = records[0].asset_materialization if records else None
+    value = materialization.metadata.get(name) if materialization else None
+    return int(value.value) if value is not None else None

@@ -1,0 +1,560 @@
+"""GreyNoise Community API: a paced, budgeted HTTP client, its answers as a typed frame, and the daily budget.
+The API key travels only in the `key` request header: never in a URL, a log line, an exception or a repr."""
+
+from __future__ import annotations
+
+import email.utils
+import ipaddress
+import logging
+import re
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+import pandas as pd
+import requests
+from requests.adapters import HTTPAdapter
+from sqlalchemy import Column, Date, Engine, Integer, MetaData, Table, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.schema import CreateTable
+from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError, ReadTimeoutError
+from urllib3.util.retry import Retry
+
+from enrichment_pipeline.core.ips import canonical_ip, is_ipv4
+
+log = logging.getLogger(__name__)
+
+COMMUNITY_PATH = "/v3/community/"
+USER_AGENT = "enrichment-pipeline (cowrie honeypot enrichment)"
+
+# Outcomes of one IP, the `status` column of the frame.
+OBSERVED, NOT_OBSERVED, FRESH, SKIPPED, FAILED, DISABLED = (
+    "observed", "not_observed", "fresh", "skipped", "failed", "disabled"
+)
+STATUSES: tuple[str, ...] = (OBSERVED, NOT_OBSERVED, FRESH, SKIPPED, FAILED, DISABLED)
+
+# Reasons an IP was skipped (never asked again) or failed (kept for the retry list).
+SKIP_IPV6 = "IPv6: the community API is IPv4-only"
+SKIP_NOT_GLOBAL = "not a global address"
+SKIP_NOT_IP = "not an IP address"
+SKIP_REJECTED = "rejected by GreyNoise (HTTP 400)"
+BUDGET_EXHAUSTED = "daily budget exhausted"
+RATE_LIMITED = "rate limited"
+UNAVAILABLE = "not asked: GreyNoise unavailable"
+TIMEOUT = "timeout"
+CONNECTION_ERROR = "connection error"
+INVALID_JSON = "invalid JSON"
+UNEXPECTED_ANSWER = "unexpected answer"
+OVERSIZED_REPLY = "oversized reply"
+AUTH_MESSAGE = "GreyNoise rejected the API key (HTTP 401 Unauthorized): check GREYNOISE_API_KEY"
+
+# 5xx answers urllib3 retries with backoff; 429 is handled by the client itself (Retry-After, give up).
+_RETRY_STATUSES = frozenset({500, 502, 503, 504})
+_TRANSPORT_BACKOFF_S = 0.5  # urllib3 backoff factor: 0, 1, 2, 4 s ... between transport retries
+_TRANSPORT_BACKOFF_MAX_S = 8.0
+_RATE_LIMIT_BACKOFF_S = 2.0  # 429 without Retry-After: wait 2, 4, 8 s ... before asking again
+_MAX_RATE_LIMIT_WAIT_S = 60.0  # a longer Retry-After (a spent quota) ends the pass: the retry list waits instead
+_MAX_FAILURES_IN_ROW = 5  # transport failures in a row that mean GreyNoise is down: stop asking
+_MAX_REPLY_BYTES = 64 * 1024  # a community answer is a few hundred bytes
+_HEADER_SAFE_KEY = re.compile(r"[\x21-\x7e]{1,256}")  # visible ASCII: a valid header value, nothing to escape
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_DATE_PREFIX = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_MAX_TEXT = 256
+
+
+class GreyNoiseAuthError(Exception):
+    """The API key is missing, malformed or rejected (401): the whole pass stops. Never carries the key."""
+
+
+@dataclass(frozen=True)
+class GreyNoiseAnswer:
+    """What GreyNoise said about one IP; `observed` is False for a 404 "not observed" (a cacheable answer)."""
+
+    ip: str
+    observed: bool
+    noise: bool
+    riot: bool
+    classification: str | None
+    name: str | None
+    link: str | None
+    last_seen: str | None
+    message: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The inventory's `enrichment["greynoise"]` object (core.merge.summarize_greynoise reads it)."""
+        answer = asdict(self)
+        del answer["ip"]
+        return answer
+
+    @classmethod
+    def from_json(cls, ip: str, payload: object, *, observed: bool) -> GreyNoiseAnswer | None:
+        """Validate a 200 (observed) or 404 (not observed) body; None if it is not a GreyNoise answer for `ip`."""
+        # Both documented bodies name the IP: anything else (a proxy's error page) is not an answer.
+        if not isinstance(payload, Mapping) or canonical_ip(payload.get("ip")) != ip:
+            return None
+        noise, riot = payload.get("noise", False), payload.get("riot", False)
+        if not isinstance(noise, bool) or not isinstance(riot, bool):
+            return None
+        classification = _text(payload.get("classification"), 32)
+        last_seen = _text(payload.get("last_seen"), 32)
+        link = _text(payload.get("link"), 512)
+        return cls(
+            ip=ip,
+            observed=observed,
+            noise=noise,
+            riot=riot,
+            classification=classification.lower() if classification else None,
+            name=_text(payload.get("name"), _MAX_TEXT),
+            # Shown as a link in the UI: only web links, never javascript: or data: URLs.
+            link=link if link and link.startswith(("https://", "http://")) else None,
+            last_seen=last_seen if last_seen and _DATE_PREFIX.match(last_seen) else None,
+            message=_text(payload.get("message"), _MAX_TEXT),
+        )
+
+
+@dataclass
+class GreyNoiseLookupResult:
+    """Every IP asked about ends in exactly one of `answers`, `skipped` (never retried) or `failed` (retry later)."""
+
+    answers: dict[str, GreyNoiseAnswer] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    requests_made: int = 0
+
+
+def skip_reason(ip: str) -> str | None:
+    """Why the community API cannot know `ip` (IPv6, private, reserved...), or None if it can be asked."""
+    if canonical_ip(ip) != ip:
+        return SKIP_NOT_IP
+    if not is_ipv4(ip):
+        return SKIP_IPV6
+    address = ipaddress.IPv4Address(ip)
+    if not address.is_global or address.is_multicast:
+        return SKIP_NOT_GLOBAL
+    return None
+
+
+@dataclass(frozen=True)
+class _Reply:
+    status: int
+    retry_after: str | None
+    body: bytes | None  # None: longer than _MAX_REPLY_BYTES
+
+
+@dataclass(frozen=True)
+class _Skipped:
+    reason: str
+
+
+@dataclass(frozen=True)
+class _Failed:
+    reason: str
+    unreachable: bool = False  # a transport failure or 5xx: several in a row mean GreyNoise is down
+
+
+class _Pacer:
+    """Spaces requests at least 1/rate_per_s apart and counts them against an optional budget."""
+
+    def __init__(self, rate_per_s: float, clock: Callable[[], float], sleep: Callable[[float], None]) -> None:
+        if not rate_per_s > 0:
+            raise ValueError(f"rate_per_s must be positive, got {rate_per_s!r}")
+        self.interval = 1.0 / rate_per_s
+        self._clock = clock
+        self._sleep = sleep
+        self._next_slot: float | None = None
+        self.sent = 0
+        self.limit: int | None = None  # the value of `sent` at which the budget is spent
+
+    @property
+    def spent(self) -> bool:
+        return self.limit is not None and self.sent >= self.limit
+
+    def take(self) -> None:
+        """Wait for the next free slot, then count one request."""
+        now = self._clock()
+        if self._next_slot is not None and now < self._next_slot:
+            self._sleep(self._next_slot - now)
+            # Re-read the clock: a late wake-up must not shrink the gap before the next request.
+            now = max(self._clock(), self._next_slot)
+        self._next_slot = now + self.interval
+        self.sent += 1
+
+    def pause(self, seconds: float) -> None:
+        if seconds > 0:
+            self._sleep(seconds)
+
+
+class _PacedRetry(Retry):
+    """urllib3 retries (connection errors, 5xx) that wait for the pacer like any request and stop at the budget."""
+
+    pacer: _Pacer
+
+    def new(self, **kw: Any) -> _PacedRetry:
+        retry = super().new(**kw)
+        retry.pacer = self.pacer  # urllib3 copies a Retry per attempt; keep the shared pacer
+        return retry
+
+    def is_exhausted(self) -> bool:
+        return super().is_exhausted() or self.pacer.spent
+
+    def sleep(self, response: Any = None) -> None:
+        self.pacer.pause(self.get_backoff_time())
+        self.pacer.take()
+
+
+class GreyNoiseClient:
+    """Looks IPv4 addresses up one at a time at a steady rate, within an optional request budget.
+
+    Transport errors and 5xx are retried by urllib3 with backoff; 429 waits for Retry-After and, if the
+    server keeps refusing, the pass gives up on the remaining IPs instead of hammering. Not thread-safe.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout_s: float = 10.0,
+        rate_per_s: float = 1.0,
+        max_retries: int = 3,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        key = api_key.strip()
+        if not key:
+            raise GreyNoiseAuthError("no GreyNoise API key: set GREYNOISE_API_KEY")
+        if not _HEADER_SAFE_KEY.fullmatch(key):
+            # requests would echo the offending header value in its exception: refuse it here, unquoted.
+            raise GreyNoiseAuthError("the GreyNoise API key has characters a header cannot carry: check GREYNOISE_API_KEY")
+        if not timeout_s > 0 or max_retries < 0:
+            raise ValueError("timeout_s must be positive and max_retries not negative")
+        self.base_url = _checked_base_url(base_url)
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self._pacer = _Pacer(rate_per_s, clock, sleep)
+        self._session = _keyed_session(key, self._pacer, max_retries)
+
+    def __repr__(self) -> str:
+        return f"GreyNoiseClient({self.base_url!r}, rate_per_s={1 / self._pacer.interval:g})"
+
+    def __enter__(self) -> GreyNoiseClient:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._session.close()
+
+    @property
+    def requests_sent(self) -> int:
+        """HTTP requests this client has sent, retries included (a budget counts these)."""
+        return self._pacer.sent
+
+    def lookup(self, ips: Iterable[str], *, budget: int | None = None) -> GreyNoiseLookupResult:
+        """Ask about each distinct IP; at most `budget` requests (None: no limit). Raises GreyNoiseAuthError on 401."""
+        result = GreyNoiseLookupResult()
+        started = self._pacer.sent
+        self._pacer.limit = None if budget is None else started + max(budget, 0)
+        stop_reason: str | None = None
+        failures_in_row = 0
+        try:
+            for ip in dict.fromkeys(ips):
+                if (reason := skip_reason(ip)) is not None:
+                    result.skipped[ip] = reason
+                elif stop_reason is not None:
+                    result.failed[ip] = stop_reason
+                elif self._pacer.spent:
+                    result.failed[ip] = BUDGET_EXHAUSTED
+                else:
+                    outcome = self._lookup_one(ip)
+                    if isinstance(outcome, GreyNoiseAnswer):
+                        result.answers[ip] = outcome
+                    elif isinstance(outcome, _Skipped):
+                        result.skipped[ip] = outcome.reason
+                    else:
+                        result.failed[ip] = outcome.reason
+                    unreachable = isinstance(outcome, _Failed) and outcome.unreachable
+                    failures_in_row = failures_in_row + 1 if unreachable else 0
+                    stop_reason = _stop_reason(outcome, failures_in_row)
+        finally:
+            self._pacer.limit = None
+            result.requests_made = self._pacer.sent - started
+        return result
+
+    def _lookup_one(self, ip: str) -> GreyNoiseAnswer | _Skipped | _Failed:
+        for attempt in range(self.max_retries + 1):
+            self._pacer.take()
+            reply = self._get(ip)
+            if isinstance(reply, _Failed):
+                return reply
+            if reply.status != 429:
+                return _interpret(ip, reply)
+            wait = _retry_after_seconds(reply.retry_after)
+            wait = _RATE_LIMIT_BACKOFF_S * 2**attempt if wait is None else wait
+            if attempt == self.max_retries or wait > _MAX_RATE_LIMIT_WAIT_S:
+                break
+            if self._pacer.spent:
+                return _Failed(BUDGET_EXHAUSTED)
+            log.info("GreyNoise answered 429: waiting %.1f s before asking again", wait)
+            self._pacer.pause(wait)
+        return _Failed(RATE_LIMITED)
+
+    def _get(self, ip: str) -> _Reply | _Failed:
+        # The IP is canonical IPv4 (skip_reason checked it): nothing in it needs quoting.
+        url = f"{self.base_url}{COMMUNITY_PATH}{ip}"
+        try:
+            # No redirects: requests would forward the `key` header to wherever a redirect points.
+            with self._session.get(url, timeout=self.timeout_s, allow_redirects=False, stream=True) as response:
+                return _Reply(response.status_code, response.headers.get("Retry-After"), _capped_body(response))
+        except requests.Timeout:
+            return _Failed(TIMEOUT, unreachable=True)
+        except requests.RequestException as error:
+            # Only fixed texts leave this client: exception messages can quote URLs, headers and peers.
+            return _Failed(TIMEOUT if _timed_out(error) else CONNECTION_ERROR, unreachable=True)
+
+
+def _stop_reason(outcome: GreyNoiseAnswer | _Skipped | _Failed, failures_in_row: int) -> str | None:
+    """Why the pass should not ask about any further IP, if it should stop."""
+    if isinstance(outcome, _Failed) and outcome.reason == RATE_LIMITED:
+        log.warning("GreyNoise keeps answering 429: the remaining IPs wait for the retry list")
+        return RATE_LIMITED
+    if failures_in_row >= _MAX_FAILURES_IN_ROW:
+        log.warning("GreyNoise failed %d times in a row: not asking about the remaining IPs", failures_in_row)
+        return UNAVAILABLE
+    return None
+
+
+def _interpret(ip: str, reply: _Reply) -> GreyNoiseAnswer | _Skipped | _Failed:
+    if reply.status == 401:
+        raise GreyNoiseAuthError(AUTH_MESSAGE)
+    if reply.status == 400:
+        return _Skipped(SKIP_REJECTED)
+    if reply.status in (200, 404):
+        if reply.body is None:
+            return _Failed(OVERSIZED_REPLY)
+        try:
+            payload = orjson.loads(reply.body)
+        except orjson.JSONDecodeError:
+            # A 404 that is not JSON comes from a wrong URL, not from GreyNoise: never cache it as an answer.
+            return _Failed(INVALID_JSON if reply.status == 200 else "HTTP 404 without a GreyNoise answer")
+        answer = GreyNoiseAnswer.from_json(ip, payload, observed=reply.status == 200)
+        return answer if answer is not None else _Failed(UNEXPECTED_ANSWER)
+    return _Failed(f"HTTP {reply.status}", unreachable=reply.status >= 500)
+
+
+def _keyed_session(key: str, pacer: _Pacer, max_retries: int) -> requests.Session:
+    retry = _PacedRetry(
+        total=max_retries,
+        status_forcelist=_RETRY_STATUSES,
+        allowed_methods=frozenset({"GET"}),
+        backoff_factor=_TRANSPORT_BACKOFF_S,
+        backoff_max=_TRANSPORT_BACKOFF_MAX_S,
+        respect_retry_after_header=False,  # keeps 429 out of urllib3: the client decides how long to wait
+        raise_on_status=False,  # after the last retry, hand back the 5xx response itself
+    )
+    retry.pacer = pacer
+    adapter = HTTPAdapter(max_retries=retry)
+    session = requests.Session()
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    session.headers.update({"key": key, "Accept": "application/json", "User-Agent": USER_AGENT})
+    return session
+
+
+def _checked_base_url(base_url: str) -> str:
+    parts = urlsplit(base_url.strip())
+    if parts.scheme not in ("https", "http") or not parts.netloc or parts.query or parts.fragment:
+        raise ValueError(f"GREYNOISE_API_URL must be an http(s) URL without query, got {base_url!r}")
+    return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+
+
+def _capped_body(response: requests.Response) -> bytes | None:
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_content(chunk_size=8192):
+        size += len(chunk)
+        if size > _MAX_REPLY_BYTES:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _timed_out(error: requests.RequestException) -> bool:
+    # After its retries urllib3 reports a timeout as MaxRetryError(reason=...Timeout...) inside ConnectionError.
+    cause = error.args[0] if error.args else None
+    reason = cause.reason if isinstance(cause, MaxRetryError) else cause
+    # urllib3 makes a refused connection (NewConnectionError) a subclass of ConnectTimeoutError.
+    refused = isinstance(reason, NewConnectionError)
+    return isinstance(reason, ReadTimeoutError) or (isinstance(reason, ConnectTimeoutError) and not refused)
+
+
+def _retry_after_seconds(value: str | None) -> float | None:
+    """Retry-After as seconds (a number or an HTTP date); None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit() and len(value) <= 9:
+        return float(value)
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return max(0.0, (moment - datetime.now(UTC)).total_seconds())
+
+
+def _text(value: object, limit: int) -> str | None:
+    if not isinstance(value, str):
+        return None
+    cleaned = _CONTROL.sub(" ", value).strip()[:limit]
+    return cleaned or None
+
+
+# --- The day's frame -------------------------------------------------------------------------------------
+
+GREYNOISE_COLUMNS = {
+    "ip": "string",
+    "status": "string",  # observed | not_observed | fresh | skipped | failed | disabled
+    "noise": "boolean",
+    "riot": "boolean",
+    "classification": "string",
+    "name": "string",
+    "link": "string",
+    "last_seen": "string",
+    "message": "string",
+    "error": "string",  # why a skipped or failed IP has no answer
+}
+_ANSWER_FIELDS = ("observed", "noise", "riot", "classification", "name", "link", "last_seen", "message")
+
+
+def greynoise_frame(
+    ips: Iterable[str], result: GreyNoiseLookupResult | None, *, fresh: Collection[str] = frozenset()
+) -> pd.DataFrame:
+    """One row per IP of the day. `result` None means GreyNoise is disabled: every row is "disabled"."""
+    rows = []
+    for ip in dict.fromkeys(ips):
+        row: dict[str, Any] = {"ip": ip}
+        if result is None:
+            row["status"] = DISABLED
+        elif ip in fresh:
+            row["status"] = FRESH
+        elif (answer := result.answers.get(ip)) is not None:
+            row.update(answer.as_dict(), status=OBSERVED if answer.observed else NOT_OBSERVED)
+        elif ip in result.skipped:
+            row.update(status=SKIPPED, error=result.skipped[ip])
+        else:  # an IP nobody accounted for is kept for the retry list, never dropped
+            row.update(status=FAILED, error=result.failed.get(ip, "not looked up"))
+        rows.append(row)
+    frame = pd.DataFrame.from_records(rows, columns=list(GREYNOISE_COLUMNS))
+    return frame.astype(GREYNOISE_COLUMNS).reset_index(drop=True)
+
+
+def greynoise_enrichment(row: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A frame row as the inventory's `enrichment["greynoise"]`; None when there is no new answer to store."""
+    if row["status"] not in (OBSERVED, NOT_OBSERVED):
+        return None
+    return {"observed": row["status"] == OBSERVED} | {name: _plain(row.get(name)) for name in _ANSWER_FIELDS[1:]}
+
+
+def status_counts(frame: pd.DataFrame) -> dict[str, int]:
+    counts = frame["status"].value_counts()
+    return {status: int(counts.get(status, 0)) for status in STATUSES}
+
+
+def _plain(value: object) -> object:
+    if value is None or value is pd.NA:
+        return None
+    return value.item() if hasattr(value, "item") else value
+
+
+# --- The daily budget ------------------------------------------------------------------------------------
+
+GREYNOISE_USAGE = Table(
+    "greynoise_daily_usage",
+    MetaData(),
+    Column("day", Date, primary_key=True),  # UTC day
+    Column("requests", Integer, nullable=False),
+)
+# pg_advisory_xact_lock key serialising concurrent creation of the usage table on PostgreSQL.
+_USAGE_SCHEMA_LOCK_KEY = 0x6E_015E_B0D6
+
+
+class GreyNoiseDailyBudget:
+    """GreyNoise requests per UTC day, counted in the inventory database so every run and process shares them.
+
+    A pass reserves the most it could send, then gives back what it did not use: concurrent passes never
+    together exceed `daily_limit`, and a crash errs on the side of asking less.
+    """
+
+    def __init__(self, engine: Engine, daily_limit: int) -> None:
+        if daily_limit < 0:
+            raise ValueError(f"daily_limit must not be negative, got {daily_limit}")
+        self.engine = engine
+        self.daily_limit = daily_limit
+        with engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # CREATE TABLE IF NOT EXISTS can still collide in two first runs on PostgreSQL.
+                conn.execute(select(func.pg_advisory_xact_lock(_USAGE_SCHEMA_LOCK_KEY)))
+            conn.execute(CreateTable(GREYNOISE_USAGE, if_not_exists=True))
+
+    def used(self, day: date) -> int:
+        with self.engine.connect() as conn:
+            used = conn.scalar(select(GREYNOISE_USAGE.c.requests).where(GREYNOISE_USAGE.c.day == day))
+        return int(used or 0)
+
+    def left(self, day: date) -> int:
+        return max(0, self.daily_limit - self.used(day))
+
+    def reserve(self, day: date, wanted: int) -> int:
+        """Take up to `wanted` requests of `day`'s budget; return how many were granted."""
+        if wanted <= 0:
+            return 0
+        self._ensure_row(day)
+        # One relative UPDATE is atomic on both backends: whoever pushes the count past the limit gets less.
+        total = self._add(day, wanted)
+        granted = max(0, wanted - max(0, total - self.daily_limit))
+        if granted < wanted:
+            self._add(day, granted - wanted)
+        return granted
+
+    def give_back(self, day: date, unused: int) -> None:
+        if unused > 0:
+            self._add(day, -unused)
+
+    def _add(self, day: date, delta: int) -> int:
+        usage = GREYNOISE_USAGE.c
+        statement = (
+            update(GREYNOISE_USAGE)
+            .where(usage.day == day)
+            .values(requests=usage.requests + delta)
+            .returning(usage.requests)
+        )
+        with self.engine.begin() as conn:
+            return int(conn.execute(statement).scalar_one())
+
+    def _ensure_row(self, day: date) -> None:
+        dialect_insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}.get(self.engine.dialect.name)
+        if dialect_insert is None:
+            raise NotImplementedError(f"the GreyNoise budget supports SQLite and PostgreSQL, not {self.engine.dialect.name}")
+        with self.engine.begin() as conn:
+            conn.execute(dialect_insert(GREYNOISE_USAGE).values(day=day, requests=0).on_conflict_do_nothing())
+
+
+def budgeted_lookup(
+    client: GreyNoiseClient, budget: GreyNoiseDailyBudget, ips: Iterable[str], *, day: date
+) -> GreyNoiseLookupResult:
+    """`client.lookup` within what is left of `day`'s budget; only the requests actually sent are charged."""
+    ips = list(dict.fromkeys(ips))
+    askable = sum(skip_reason(ip) is None for ip in ips)
+    granted = budget.reserve(day, askable * (1 + client.max_retries))  # the worst case this pass could send
+    sent_before = client.requests_sent
+    try:
+        return client.lookup(ips, budget=granted)
+    finally:  # also after a 401: what was sent is charged, the rest goes back
+        budget.give_back(day, granted - (client.requests_sent - sent_before))

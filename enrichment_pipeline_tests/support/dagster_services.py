@@ -1,0 +1,227 @@
+"""Real `dagster-webserver` and `dagster-daemon` subprocesses on one DAGSTER_HOME, bound to 127.0.0.1, and a
+GraphQL client for the webserver (the API the UI uses). Each process has its own group, killed at teardown."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+VENV_BIN = PROJECT_ROOT / ".venv" / "bin"
+LOCATION = "enrichment_pipeline.definitions"  # the code location workspace.yaml loads
+REPOSITORY = "__repository__"
+_STOP_TIMEOUT_S = 20
+_HTTP_TIMEOUT_S = 30
+
+T = TypeVar("T")
+
+
+class ServiceError(RuntimeError):
+    """A Dagster service did not start, answer or finish in time; carries the tail of its log."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float, *, every_s: float = 0.5) -> T:
+    """Poll `probe` until it returns something other than None; ServiceError after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = probe()
+        if value is not None:
+            return value
+        if time.monotonic() > deadline:
+            raise ServiceError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(every_s)
+
+
+class DagsterServices:
+    """The webserver and the daemon of one Dagster instance, started from the project's workspace.yaml."""
+
+    def __init__(self, dagster_home: Path, env: Mapping[str, str]) -> None:
+        self.home = dagster_home
+        self.env = {**os.environ, **env, "DAGSTER_HOME": str(dagster_home), "PYTHONUNBUFFERED": "1"}
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    # --- processes ---------------------------------------------------------------------------------------
+    def start_webserver(self, timeout_s: float = 120) -> None:
+        self._spawn("webserver", "dagster-webserver", "-h", "127.0.0.1", "-p", str(self.port), "-w", "workspace.yaml")
+        wait_for("the webserver to answer", self._server_up, timeout_s)
+        wait_for("the code location to load", self._location_loaded, timeout_s)
+
+    def start_daemon(self) -> None:
+        self._spawn("daemon", "dagster-daemon", "run", "-w", "workspace.yaml")
+
+    def stop(self) -> None:
+        """SIGTERM each process group, then SIGKILL what is left; safe to call twice."""
+        for process in self.processes.values():
+            _signal_group(process, signal.SIGTERM)
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=_STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                pass
+            _signal_group(process, signal.SIGKILL)  # children (code servers, run workers) too
+            process.wait(timeout=_STOP_TIMEOUT_S)
+
+    def __enter__(self) -> DagsterServices:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def logs(self) -> str:
+        """The tail of every service's log, for an assertion message."""
+        tails = []
+        for name in self.processes:
+            text = (self.home / f"{name}.log").read_text(errors="replace")
+            tails.append(f"--- {name} (last 3000 chars) ---\n{text[-3000:]}")
+        return "\n".join(tails)
+
+    def _spawn(self, name: str, executable: str, *args: str) -> None:
+        log = (self.home / f"{name}.log").open("wb")
+        try:
+            self.processes[name] = subprocess.Popen(
+                [str(VENV_BIN / executable), *args],
+                cwd=PROJECT_ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group, so teardown reaches its children
+            )
+        finally:
+            log.close()
+
+    def _server_up(self) -> bool | None:
+        self._check_alive()
+        try:
+            with urllib.request.urlopen(f"{self.url}/server_info", timeout=5) as response:
+                return True if response.status == 200 else None
+        except (urllib.error.URLError, OSError):
+            return None
+
+    def _location_loaded(self) -> bool | None:
+        data = self.graphql(
+            "{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus"
+            " locationOrLoadError { __typename ... on PythonError { message } } } } } }"
+        )
+        for entry in data["workspaceOrError"]["locationEntries"]:
+            location = entry["locationOrLoadError"]
+            if location and location["__typename"] == "PythonError":
+                raise ServiceError(f"code location failed to load: {location['message']}")
+            if entry["name"] == LOCATION and entry["loadStatus"] == "LOADED" and location:
+                return True
+        return None
+
+    def _check_alive(self) -> None:
+        for name, process in self.processes.items():
+            if process.poll() is not None:
+                raise ServiceError(f"{name} exited with {process.returncode}\n{self.logs()}")
+
+    # --- GraphQL -------------------------------------------------------------------------------------------
+    def graphql(self, query: str, variables: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """POST a query to /graphql; the `data` object, or ServiceError for any GraphQL error."""
+        body = json.dumps({"query": query, "variables": dict(variables or {})}).encode()
+        request = urllib.request.Request(f"{self.url}/graphql", body, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=_HTTP_TIMEOUT_S) as response:
+            reply = json.load(response)
+        if reply.get("errors"):
+            raise ServiceError(f"GraphQL errors: {reply['errors']}")
+        return reply["data"]
+
+    def repository_selector(self) -> dict[str, str]:
+        return {"repositoryName": REPOSITORY, "repositoryLocationName": LOCATION}
+
+    def stop_all_automation(self) -> list[str]:
+        """Switch off every schedule and sensor, as the toggles in the UI do; the names switched off."""
+        data = self.graphql(
+            "query($repo: RepositorySelector!) { repositoryOrError(repositorySelector: $repo) { ... on Repository {"
+            " sensors { name sensorState { id status } } schedules { name scheduleState { id status } } } } }",
+            {"repo": self.repository_selector()},
+        )["repositoryOrError"]
+        stopped = []
+        for sensor in data["sensors"]:
+            if sensor["sensorState"]["status"] == "RUNNING":
+                self.graphql(
+                    "mutation($id: String!) { stopSensor(id: $id) { __typename } }", {"id": sensor["sensorState"]["id"]}
+                )
+                stopped.append(sensor["name"])
+        for schedule in data["schedules"]:
+            if schedule["scheduleState"]["status"] == "RUNNING":
+                self.graphql(
+                    "mutation($id: String!) { stopRunningSchedule(id: $id) { __typename } }",
+                    {"id": schedule["scheduleState"]["id"]},
+                )
+                stopped.append(schedule["name"])
+        return stopped
+
+    def start_sensor(self, name: str, cursor: str | None = None) -> None:
+        selector = {**self.repository_selector(), "sensorName": name}
+        if cursor is not None:
+            self._expect_type(
+                self.graphql(
+                    "mutation($s: SensorSelector!, $c: String) { setSensorCursor(sensorSelector: $s, cursor: $c) {"
+                    " __typename ... on Error { message } } }",
+                    {"s": selector, "c": cursor},
+                )["setSensorCursor"],
+                "Sensor",
+            )
+        self._expect_type(
+            self.graphql(
+                "mutation($s: SensorSelector!) { startSensor(sensorSelector: $s) {"
+                " __typename ... on Error { message } } }",
+                {"s": selector},
+            )["startSensor"],
+            "Sensor",
+        )
+
+    def launch_asset_backfill(self, asset_keys: list[list[str]], partitions: list[str], title: str) -> str:
+        """The UI's 'Materialize selected' over a partition range: an asset backfill; its id."""
+        result = self.graphql(
+            "mutation($p: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $p) {"
+            " __typename ... on LaunchBackfillSuccess { backfillId } ... on Error { message } } }",
+            {"p": {"partitionNames": partitions, "assetSelection": [{"path": k} for k in asset_keys], "title": title}},
+        )["launchPartitionBackfill"]
+        return self._expect_type(result, "LaunchBackfillSuccess")["backfillId"]
+
+    def backfill_status(self, backfill_id: str) -> str:
+        result = self.graphql(
+            "query($id: String!) { partitionBackfillOrError(backfillId: $id) { __typename"
+            " ... on PartitionBackfill { status } ... on Error { message } } }",
+            {"id": backfill_id},
+        )["partitionBackfillOrError"]
+        return self._expect_type(result, "PartitionBackfill")["status"]
+
+    def runs(self, tag_key: str, tag_value: str) -> list[dict[str, Any]]:
+        """Runs carrying the tag: id, status and tags (partition, backfill, sensor...)."""
+        return self.graphql(
+            "query($tags: [ExecutionTag!]) { runsOrError(filter: {tags: $tags}) { ... on Runs {"
+            " results { runId status tags { key value } } } } }",
+            {"tags": [{"key": tag_key, "value": tag_value}]},
+        )["runsOrError"]["results"]
+
+    def _expect_type(self, result: dict[str, Any], typename: str) -> dict[str, Any]:
+        if result["__typename"] != typename:
+            raise ServiceError(f"expected {typename}, got {result['__typename']}: {result.get('message')}")
+        return result
+
+
+def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    try:
+        os.killpg(process.pid, sig)
+    except ProcessLookupError:
+        pass
