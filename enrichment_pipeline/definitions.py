@@ -14,7 +14,6 @@ from dagster import (
 
 from enrichment_pipeline.assets import daily_report, enrichment_assets, merged_inventory
 from enrichment_pipeline.checks import asn_coverage, every_ingested_ip_in_inventory, no_failed_cymru_batches
-from enrichment_pipeline.partitions import ingest_days
 from enrichment_pipeline.refresh import refresh_stale, refresh_stale_schedule
 from enrichment_pipeline.resources import (
     CowrieLogDirectory,
@@ -31,7 +30,6 @@ from enrichment_pipeline.settings import env_float, env_int, env_str
 enrich_day_job = define_asset_job(
     "enrich_day",
     selection=AssetSelection.assets(merged_inventory).upstream() | AssetSelection.assets(daily_report),
-    partitions_def=ingest_days,
     description="Enrich every source IP of one Cowrie log day and upsert it into ip_inventory.",
     # Steps without their own policy retry transient errors (a busy database, a network blip); bad
     # configuration raises Failure(allow_retries=False) and is not retried.

@@ -4,7 +4,7 @@
 from datetime import timedelta
 
 import pandas as pd
-from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, Backoff, Config, MaterializeResult, MetadataValue, RetryPolicy, asset
 from pydantic import Field
 
 from enrichment_pipeline.assets.common import GROUP, partition_day
@@ -25,7 +25,13 @@ class MaxMindFreshnessConfig(Config):
     )
 
 
-@asset(partitions_def=ingest_days, group_name=GROUP, kinds={"sqlalchemy"})
+@asset(
+    partitions_def=ingest_days,
+    group_name=GROUP,
+    kinds={"sqlalchemy"},
+    # The upsert is one transaction, so a retry after a dropped connection or lock timeout is safe.
+    retry_policy=RetryPolicy(max_retries=2, delay=10, backoff=Backoff.EXPONENTIAL),
+)
 def merged_inventory(
     context: AssetExecutionContext,
     config: MaxMindFreshnessConfig,
