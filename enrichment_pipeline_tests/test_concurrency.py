@@ -17,7 +17,15 @@ import pytest
 from dagster import DagsterInstance, materialize
 from sqlalchemy import func, select
 
+from enrichment_pipeline.assets import enrichment_assets
 from enrichment_pipeline.core.inventory import DAILY_ACTIVITY, fetch_inventory, make_engine
+from enrichment_pipeline.resources import (
+    CowrieLogDirectory,
+    CymruResource,
+    GeoIpResource,
+    GreyNoiseResource,
+    InventoryDatabase,
+)
 from enrichment_pipeline.standins.asn_database import write_asn_database
 from enrichment_pipeline.standins.cymru_server import CymruStandinServer, standin_origins
 from enrichment_pipeline_tests.support.postgres import FreshDatabase
@@ -63,15 +71,6 @@ def _use_instance(dagster_home: str) -> None:
 
 def _materialize_day(day: str, setup: Setup) -> RunReport:
     """Worker: one real run of the whole graph for `day` on the instance in DAGSTER_HOME."""
-    from enrichment_pipeline.assets import enrichment_assets
-    from enrichment_pipeline.resources import (
-        CowrieLogDirectory,
-        CymruResource,
-        GeoIpResource,
-        GreyNoiseResource,
-        InventoryDatabase,
-    )
-
     instance = DagsterInstance.get()
     result = materialize(
         enrichment_assets,

@@ -1,6 +1,7 @@
 """Crash safety: `dagster asset materialize` killed with SIGKILL (its whole process group) in the Cymru pass
 and in the middle of the merge transaction. The inventory is then the old state or the new one, never half,
-and a re-run converges to exactly what an uninterrupted run produces (a control database)."""
+a re-run converges to exactly what an uninterrupted run produces (a control database), and with the committed
+instance config the dead run's pool slot is recovered by deleting the run."""
 
 from __future__ import annotations
 
@@ -17,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dagster import DagsterInstance, materialize
+from dagster import DagsterInstance, DagsterRunStatus, materialize
 from sqlalchemy import Engine, text
 
 from enrichment_pipeline.assets import enrichment_assets
-from enrichment_pipeline.core.inventory import Base, make_engine
+from enrichment_pipeline.core.inventory import Base, fetch_inventory, make_engine
 from enrichment_pipeline.resources import (
     CowrieLogDirectory,
     CymruResource,
@@ -33,6 +34,8 @@ from enrichment_pipeline.settings import PROJECT_ROOT
 from enrichment_pipeline.standins.cymru_server import CymruStandinServer
 from enrichment_pipeline_tests.support.synthetic_days import (
     database_state,
+    day_file,
+    expected_inventory,
     public_ips,
     write_many_ips_day,
     write_overlapping_days,
@@ -174,10 +177,15 @@ def inventory(request: pytest.FixtureRequest, tmp_path: Path) -> Inventory:
     return Inventory(request.param, tmp_path, request)
 
 
-def cli_environment(tmp_path: Path, log_dir: Path, db_url: str, cymru: CymruStandinServer) -> dict[str, str]:
+MINIMAL_INSTANCE = "telemetry:\n  enabled: false\n"
+
+
+def cli_environment(
+    tmp_path: Path, log_dir: Path, db_url: str, cymru: CymruStandinServer, instance_config: str = MINIMAL_INSTANCE
+) -> dict[str, str]:
     home = tmp_path / "dagster_home"
     home.mkdir(exist_ok=True)
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    (home / "dagster.yaml").write_text(instance_config)
     env = {name: value for name, value in os.environ.items() if not name.startswith(PIPELINE_PREFIXES)}
     env.update(
         DAGSTER_HOME=str(home),
@@ -191,12 +199,14 @@ def cli_environment(tmp_path: Path, log_dir: Path, db_url: str, cymru: CymruStan
 
 
 @contextlib.contextmanager
-def materialize_command(env: dict[str, str], output: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """The README's command for DAY, in its own process group (step processes too, if the executor makes
+def materialize_command(
+    env: dict[str, str], output: Path, day: datetime.date = DAY
+) -> Iterator[subprocess.Popen[bytes]]:
+    """The README's command for `day`, in its own process group (step processes too, if the executor makes
     any); the group is killed on the way out."""
     command = [
         sys.executable, "-m", "dagster", "asset", "materialize", "-m", "enrichment_pipeline.definitions",
-        "--select", "*merged_inventory", "--partition", DAY.isoformat(),
+        "--select", "*merged_inventory", "--partition", day.isoformat(),
     ]
     with open(output, "ab") as sink:
         process = subprocess.Popen(
@@ -227,8 +237,8 @@ def kill_when(condition: Callable[[], bool], process: subprocess.Popen[bytes], o
     assert process.returncode == -signal.SIGKILL
 
 
-def run_to_completion(env: dict[str, str], output: Path) -> None:
-    with materialize_command(env, output) as process:
+def run_to_completion(env: dict[str, str], output: Path, day: datetime.date = DAY) -> None:
+    with materialize_command(env, output, day) as process:
         try:
             process.wait(timeout=RUN_TIMEOUT_S)
         except subprocess.TimeoutExpired:
@@ -279,3 +289,34 @@ def test_kill_in_the_middle_of_the_merge_leaves_old_or_new_never_half_and_a_reru
     with CymruStandinServer() as healthy:
         run_to_completion(cli_environment(tmp_path, log_dir, inventory.url, healthy), output)
     assert inventory.state(volatile=False) == control_state
+
+
+def test_with_the_committed_instance_config_a_killed_runs_pool_slot_is_freed_by_deleting_the_dead_run(
+    log_dir, tmp_path
+):
+    """dagster_home/dagster.yaml limits the `cymru` pool to one step at a time. A run killed inside the Cymru
+    pass keeps its slot (it stays STARTED: nothing marks a killed CLI run failed), so a re-run would wait for
+    it forever; `dagster run delete` frees the slot and the re-run completes. docs/reliability.md."""
+    url = f"sqlite:///{tmp_path / 'inventory.sqlite'}"
+    output = tmp_path / "runs.log"
+    committed = (PROJECT_ROOT / "dagster_home" / "dagster.yaml").read_text()
+    with CymruStandinServer(latency_s=60) as slow:
+        env = cli_environment(tmp_path, log_dir, url, slow, committed)
+        with materialize_command(env, output, DAY_BEFORE) as process:
+            kill_when(lambda: bool(slow.requests), process, output)
+
+    with DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        (dead,) = [run.run_id for run in instance.get_runs() if run.status == DagsterRunStatus.STARTED]
+        assert cymru_slot_holders(instance) == [dead]
+        delete = [sys.executable, "-m", "dagster", "run", "delete", "--force", dead]
+        subprocess.run(delete, cwd=PROJECT_ROOT, env=env, capture_output=True, timeout=120, check=True)
+        assert cymru_slot_holders(instance) == []
+
+    with CymruStandinServer() as healthy:
+        run_to_completion(cli_environment(tmp_path, log_dir, url, healthy, committed), output, DAY_BEFORE)
+    ips = {row["ip_address"] for row in fetch_inventory(make_engine(url))}
+    assert ips == set(expected_inventory([day_file(log_dir, DAY_BEFORE)]))
+
+
+def cymru_slot_holders(instance: DagsterInstance) -> list[str]:
+    return [slot.run_id for slot in instance.event_log_storage.get_concurrency_info("cymru").claimed_slots]
