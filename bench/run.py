@@ -134,12 +134,12 @@ def record(rows: Sequence[Row], started: datetime, wall_s: float, load_before: s
     entry = "\n".join([
         f"### {started:%Y-%m-%d %H:%M} UTC",
         "",
-        f"Machine: {machine()}. Load average before / after: {load_before} / {load_average()}."
+        f"Machine: {machine()}. 1-minute load average: {load_before} before, {load_average()} after."
         f" Whole run: {wall_s / 60:.1f} min.",
         "",
         markdown_table(rows),
         "",
-        f"Targets missed: {', '.join(failed)}." if failed else "All targets met.",
+        f"Targets missed: {'; '.join(failed)}." if failed else "All targets met.",
         "",
     ])
     text = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else f"# Benchmark results\n\n{RUNS_MARKER}\n"

@@ -78,7 +78,8 @@ def machine() -> str:
 
 
 def load_average() -> str:
+    """The 1-minute load average: how busy the shared machine was (2 cores: above 2 means waiting)."""
     try:
-        return " / ".join(f"{value:.2f}" for value in os.getloadavg())
+        return f"{os.getloadavg()[0]:.2f}"
     except OSError:
         return "unknown"

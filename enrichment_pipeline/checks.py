@@ -1,5 +1,6 @@
 """Per-day asset checks, shown next to their assets in the UI and run with every materialization of them:
-every ingested IP is in the inventory, enough of the day's IPs have an ASN, no Team Cymru batch failed."""
+every ingested IP is in the inventory, enough of the day's IPs have an ASN, no Cymru batch or GreyNoise
+lookup failed."""
 
 import os
 import warnings
@@ -21,8 +22,9 @@ from dagster import (
 )
 from sqlalchemy import Engine, select
 
-from enrichment_pipeline.assets import cymru_bulk_results, merged_inventory
+from enrichment_pipeline.assets import cymru_bulk_results, greynoise_results, merged_inventory
 from enrichment_pipeline.core.frames import CYMRU_FAILED
+from enrichment_pipeline.core.greynoise import FAILED as GREYNOISE_FAILED
 from enrichment_pipeline.core.inventory import DAILY_ACTIVITY, INVENTORY
 from enrichment_pipeline.partitions import ingest_days
 from enrichment_pipeline.resources import InventoryDatabase
@@ -146,6 +148,21 @@ def no_failed_cymru_batches(
             "failed_ips": len(failed),
             "errors": "; ".join(errors),
         },
+    )
+
+
+@asset_check(asset=greynoise_results, partitions_def=ingest_days)
+def no_failed_greynoise_lookups(
+    context: AssetCheckExecutionContext, greynoise_results: pd.DataFrame
+) -> AssetCheckResult:
+    """No GreyNoise lookup failed (warns otherwise: those IPs are on the retry list, asked again later)."""
+    failed = greynoise_results.loc[greynoise_results["status"] == GREYNOISE_FAILED]
+    errors = failed["error"].dropna().unique().tolist()[:SAMPLE_SIZE]
+    return AssetCheckResult(
+        passed=failed.empty,
+        severity=AssetCheckSeverity.WARN,
+        description=f"{len(failed)} IPs without a GreyNoise answer",
+        metadata={"failed_ips": len(failed), "errors": "; ".join(errors)},
     )
 
 

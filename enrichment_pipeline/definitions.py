@@ -13,7 +13,12 @@ from dagster import (
 )
 
 from enrichment_pipeline.assets import daily_report, enrichment_assets, merged_inventory
-from enrichment_pipeline.checks import asn_coverage, every_ingested_ip_in_inventory, no_failed_cymru_batches
+from enrichment_pipeline.checks import (
+    asn_coverage,
+    every_ingested_ip_in_inventory,
+    no_failed_cymru_batches,
+    no_failed_greynoise_lookups,
+)
 from enrichment_pipeline.refresh import refresh_stale, refresh_stale_schedule
 from enrichment_pipeline.resources import (
     CowrieLogDirectory,
@@ -74,7 +79,7 @@ def build_resources() -> dict:
 
 defs = Definitions(
     assets=enrichment_assets,
-    asset_checks=[every_ingested_ip_in_inventory, asn_coverage, no_failed_cymru_batches],
+    asset_checks=[every_ingested_ip_in_inventory, asn_coverage, no_failed_cymru_batches, no_failed_greynoise_lookups],
     jobs=[enrich_day_job, refresh_stale],
     schedules=[refresh_stale_schedule, build_daily_schedule(enrich_day_job)],
     sensors=[build_log_sensor(enrich_day_job)],

@@ -52,7 +52,10 @@ def run_enrich_day(project: Definitions, instance) -> dict[str, object]:
 def test_the_daily_job_runs_every_check_and_a_clean_day_passes_them(project):
     with instance_for_test() as instance:
         checks = run_enrich_day(project, instance)
-    assert set(checks) == {"every_ingested_ip_in_inventory", "asn_coverage", "no_failed_cymru_batches"}
+    assert set(checks) == {
+        "every_ingested_ip_in_inventory", "asn_coverage", "no_failed_cymru_batches", "no_failed_greynoise_lookups"
+    }
+    assert checks["no_failed_greynoise_lookups"].passed
     assert all(evaluation.passed for evaluation in checks.values())
     assert checks["every_ingested_ip_in_inventory"].metadata["ingested_ips"].value == 36
     assert checks["asn_coverage"].metadata["share_with_asn"].value == 1.0

@@ -134,6 +134,8 @@ def assert_reported(result: ExecuteInProcessResult, instance: DagsterInstance, f
     reported = [text for text in warnings if "lookups failed, kept for retry" in text]
     expected = [f"GreyNoise: {failures} lookups failed, kept for retry"] if failures else []
     assert [text.split(" (")[0] for text in reported] == expected, warnings
+    (check,) = [e for e in result.get_asset_check_evaluations() if e.check_name == "no_failed_greynoise_lookups"]
+    assert check.passed == (failures == 0) and check.metadata["failed_ips"].value == failures
 
 
 def recover(log_dir, db_url, cymru, greynoise: FakeGreyNoise, instance, failed: set[str]) -> None:

@@ -37,7 +37,7 @@ SENSOR_DAY = "2018-05-08"
 RUNS_TIMEOUT_S = 240
 FINISHED_BACKFILL = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
 FINISHED_RUN = {"SUCCESS", "FAILURE", "CANCELED"}
-CHECKS = {"every_ingested_ip_in_inventory", "asn_coverage", "no_failed_cymru_batches"}
+CHECKS = {"every_ingested_ip_in_inventory", "asn_coverage", "no_failed_cymru_batches", "no_failed_greynoise_lookups"}
 AN_HOUR_AGO_NS = time.time_ns() - 3600 * 10**9
 
 
