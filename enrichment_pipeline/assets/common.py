@@ -5,11 +5,14 @@ from datetime import date
 from typing import Any
 
 import pandas as pd
-from dagster import AssetExecutionContext, MetadataValue, TableColumn, TableSchema
+from dagster import AssetExecutionContext, Backoff, Jitter, MetadataValue, RetryPolicy, TableColumn, TableSchema
 
 from enrichment_pipeline.core.frames import markdown_table
 
 GROUP = "ip_enrichment"
+# For the network passes: lookup failures are returned, not raised, so a retry only helps against an
+# unexpected transient error (a dropped database connection, a resolver hiccup).
+NETWORK_RETRY = RetryPolicy(max_retries=2, delay=30, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS)
 
 
 def partition_day(context: AssetExecutionContext) -> date:

@@ -6,10 +6,10 @@ import time
 from datetime import timedelta
 
 import pandas as pd
-from dagster import AssetExecutionContext, Backoff, Config, Jitter, MaterializeResult, RetryPolicy, asset
+from dagster import AssetExecutionContext, Config, MaterializeResult, asset
 from pydantic import Field
 
-from enrichment_pipeline.assets.common import GROUP, frame_metadata
+from enrichment_pipeline.assets.common import GROUP, NETWORK_RETRY, frame_metadata
 from enrichment_pipeline.core import freshness
 from enrichment_pipeline.core.frames import CYMRU_FAILED, CYMRU_UNROUTED, cymru_frame
 from enrichment_pipeline.core.inventory import fresh_ips
@@ -59,8 +59,7 @@ def ips_needing_cymru(
     group_name=GROUP,
     kinds={"pandas"},
     pool="cymru",  # limits Cymru lookups across concurrent runs (backfills)
-    # Batch failures are returned, not raised; a retry only helps against unexpected transient errors.
-    retry_policy=RetryPolicy(max_retries=2, delay=30, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS),
+    retry_policy=NETWORK_RETRY,
 )
 def cymru_bulk_results(
     context: AssetExecutionContext, ips_needing_cymru: pd.DataFrame, cymru: CymruResource

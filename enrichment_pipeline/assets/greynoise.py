@@ -5,9 +5,9 @@ import time
 from collections import Counter
 
 import pandas as pd
-from dagster import AssetExecutionContext, Backoff, Failure, Jitter, MaterializeResult, RetryPolicy, asset
+from dagster import AssetExecutionContext, Failure, MaterializeResult, asset
 
-from enrichment_pipeline.assets.common import GROUP, frame_metadata
+from enrichment_pipeline.assets.common import GROUP, NETWORK_RETRY, frame_metadata
 from enrichment_pipeline.core import freshness
 from enrichment_pipeline.core.greynoise import (
     GreyNoiseAuthError,
@@ -27,8 +27,7 @@ NO_KEY_NOTE = "GREYNOISE_API_KEY is not set: GreyNoise lookups skipped (rows mar
     group_name=GROUP,
     kinds={"pandas"},
     pool="greynoise",  # limits GreyNoise lookups across concurrent runs (backfills)
-    # Lookup failures are returned, not raised; a retry only helps against unexpected transient errors.
-    retry_policy=RetryPolicy(max_retries=2, delay=30, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS),
+    retry_policy=NETWORK_RETRY,
 )
 def greynoise_results(
     context: AssetExecutionContext,
