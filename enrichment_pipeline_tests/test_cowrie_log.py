@@ -21,7 +21,8 @@ from enrichment_pipeline.core.cowrie_log import (
     read_day_log,
 )
 
-SAMPLE_DIR = pathlib.Path("/work/shared/data/cowrie")
+# The real days in shared/ beside the repository (CI lays a copy of it there too).
+SAMPLE_DIR = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "cowrie"
 SAMPLE_DAY = datetime.date(2018, 5, 9)
 DAY = datetime.date(2018, 5, 7)
 UTC = datetime.timezone.utc
@@ -280,7 +281,7 @@ def test_non_json_lines_are_counted_skipped_and_sampled(tmp_path: pathlib.Path) 
     assert (stats.lines, stats.events, stats.bad_json, stats.skipped_lines) == (9, 2, 7, 7)
     assert stats.truncated_last_line is False
     assert len(stats.samples) == 5
-    assert stats.samples[0] == "line 2: not JSON: b'not json at all\\n'"
+    assert stats.samples[0] == "line 2: not JSON: b'not json at all'"  # the line, without its newline
     assert all(len(sample) <= 120 and "\n" not in sample for sample in stats.samples)
 
 
@@ -400,6 +401,64 @@ def test_deeply_nested_json_is_skipped_not_a_crash(tmp_path: pathlib.Path) -> No
     assert [source.ip for source in day_log.sources] == ["1.1.1.1"]
     assert day_log.stats.lines == 4
     assert day_log.stats.invalid_src_ip + day_log.stats.bad_json == 3
+
+
+# --- many blocks: the reader decodes whole blocks and falls back to lines only where it must --------
+
+
+def all_sample_days() -> bytes:
+    """The ten real days, one after the other: ~10k time-ordered lines, many read blocks."""
+    return b"".join(path.read_bytes() for path in sorted(SAMPLE_DIR.glob("cowrie.json.2018-05-*")))
+
+
+@pytest.mark.parametrize("name", ["cowrie.json.2018-05-07", "cowrie.json.2018-05-07.gz"])
+def test_many_block_real_log_matches_an_independent_stdlib_summary(tmp_path: pathlib.Path, name: str) -> None:
+    content = all_sample_days()
+    expected = expected_from_stdlib(write_log(tmp_path, content, "clean.json"))
+    assert len(content) > 8 * 65_536  # well past a single read block
+    day_log = read_day_log(write_log(tmp_path, content, name))
+    assert {s.ip: (s.session_count, s.event_count, s.first_seen, s.last_seen) for s in day_log.sources} == expected
+    assert day_log.stats.lines == day_log.stats.events == content.count(b"\n")
+    assert day_log.stats.samples == []
+
+
+def test_bad_lines_anywhere_in_a_large_log_cost_only_themselves(tmp_path: pathlib.Path) -> None:
+    clean = all_sample_days().splitlines(keepends=True)
+    junk = [b"\n", b'{"src_ip": "6.6.6.6"} {"src_ip": "6.6.6.7"}\n', b"[1, 2]\n", b'{"src_ip": "6.6.6.8",\n',
+            line(event(src_ip="1.2.3.400")), line(event(src_ip="6.6.6.9", timestamp="2018-05-07T10:00Z"))]
+    positions = [7, 2_000, 2_001, 5_003, 7_777, len(clean) - 3]
+    lines = list(clean)
+    for position, bad in sorted(zip(positions, junk), reverse=True):
+        lines.insert(position, bad)
+    day_log = read_day_log(write_log(tmp_path, b"".join(lines)))
+
+    expected = expected_from_stdlib(write_log(tmp_path, b"".join(clean), "clean.json"))
+    by_source = {s.ip: (s.session_count, s.event_count, s.first_seen, s.last_seen) for s in day_log.sources}
+    # msgspec rejects this timestamp (no seconds), so its block went line by line, where fromisoformat reads it.
+    ten = utc("2018-05-07T10:00:00Z")
+    assert by_source.pop("6.6.6.9") == (1, 1, ten, ten)
+    assert by_source == expected
+    stats = day_log.stats
+    assert (stats.lines, stats.bad_json, stats.invalid_src_ip, stats.bad_timestamp) == (len(lines), 4, 1, 0)
+    assert stats.events == len(clean) + 2
+    # Line numbers stay right across blocks: the invalid IP was inserted as line 7,778 (1-based, after
+    # four earlier insertions shifted it by four).
+    assert "line 7782: invalid src_ip: '1.2.3.400'" in stats.samples
+
+
+def test_two_json_values_on_one_line_are_one_bad_line_not_two_events(tmp_path: pathlib.Path) -> None:
+    # A blank line elsewhere in the same block must not make the count of values look right.
+    content = line(event(src_ip="1.1.1.1")) + b'{"src_ip": "6.6.6.6"} {"src_ip": "6.6.6.7"}\n' + b"\n"
+    day_log = read_day_log(write_log(tmp_path, content))
+    assert [source.ip for source in day_log.sources] == ["1.1.1.1"]
+    assert (day_log.stats.lines, day_log.stats.events, day_log.stats.bad_json) == (3, 1, 2)
+
+
+def test_invalid_utf8_in_an_unused_field_of_a_large_log_is_counted(tmp_path: pathlib.Path) -> None:
+    lines = all_sample_days().splitlines(keepends=True)
+    lines[5_000] = lines[5_000].replace(b'"session"', b'"password": "\xff\xfe", "session"', 1)
+    day_log = read_day_log(write_log(tmp_path, b"".join(lines)))
+    assert (day_log.stats.invalid_utf8, day_log.stats.events, day_log.stats.skipped_lines) == (1, len(lines), 0)
 
 
 # --- unreadable and damaged files ---------------------------------------------------------------------
