@@ -5,7 +5,7 @@ from datetime import UTC, date, datetime
 
 import pytest
 from dagster import AssetCheckSeverity, AssetSelection, Definitions, define_asset_job, instance_for_test
-from sqlalchemy import Engine, delete
+from sqlalchemy import delete
 
 from enrichment_pipeline.checks import (
     ASN_COVERAGE_ENV,
@@ -122,10 +122,6 @@ def test_an_ip_missing_from_the_inventory_fails_the_error_check(project, tmp_pat
 
 
 # --- the coverage query on SQLite and PostgreSQL ------------------------------------------------------------
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def engine(request) -> Engine:
-    return request.getfixturevalue("sqlite_engine" if request.param == "sqlite" else "pg_engine")
-
 
 def test_day_coverage_counts_missing_ips_and_ips_with_an_asn_for_that_day_only(engine):
     now = datetime(2018, 5, 9, tzinfo=UTC)

@@ -8,7 +8,6 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-import pytest
 from dagster import DagsterInstance, materialize
 
 from enrichment_pipeline.assets import enrichment_assets
@@ -94,10 +93,6 @@ def test_greynoise_buckets():
     assert greynoise_bucket(row("3.0.0.1", greynoise=answer("3.0.0.1", "malicious"))) == "malicious"
     assert greynoise_bucket(row("3.0.0.1", greynoise=answer("3.0.0.1", None))) == UNKNOWN
 
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def engine(request):
-    return request.getfixturevalue("sqlite_engine" if request.param == "sqlite" else "pg_engine")
 
 
 def test_the_report_of_a_day_counts_only_that_days_ips_from_the_inventory(engine):

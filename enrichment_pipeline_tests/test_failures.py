@@ -40,10 +40,6 @@ NO_ASN = {"asn": None, "country_code": "DE"}
 CYMRU = {"status": "routed", "asn": 23028, "as_name": "TEAMCYMRU", "country_code": "US"}
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def engine(request: pytest.FixtureRequest) -> Engine:
-    return request.getfixturevalue("sqlite_engine" if request.param == "sqlite" else "pg_engine")
-
 
 def failures_by_pair(engine: Engine) -> dict[tuple[str, str], dict[str, Any]]:
     return {(row["ip_address"], row["source"]): row for row in fetch_failures(engine)}

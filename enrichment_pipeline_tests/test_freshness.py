@@ -45,10 +45,6 @@ BUILDS = MaxMindBuilds(city=1530653216, asn=1700000000)
 POLICY = FreshnessPolicy.from_days(7, 30, 7, BUILDS)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def engine(request: pytest.FixtureRequest) -> Engine:
-    return request.getfixturevalue("sqlite_engine" if request.param == "sqlite" else "pg_engine")
-
 
 def maxmind(asn: int | None, builds: MaxMindBuilds = BUILDS) -> dict:
     return {"asn": asn, "asn_org": "Org" if asn else None, "country_code": "DE", **builds.as_dict()}

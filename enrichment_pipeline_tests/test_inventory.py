@@ -49,11 +49,6 @@ HOSTILE_TEXTS = (
 )
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def engine(request: pytest.FixtureRequest) -> Engine:
-    """The same test on a SQLite file and on PostgreSQL, each with empty inventory tables."""
-    return request.getfixturevalue("sqlite_engine" if request.param == "sqlite" else "pg_engine")
-
 
 def at(day: date, hour: int, minute: int = 0) -> datetime:
     return datetime(day.year, day.month, day.day, hour, minute, tzinfo=UTC)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import gc
 import gzip
 import io
 import json
@@ -22,6 +21,7 @@ import msgspec
 import orjson
 
 from enrichment_pipeline.core.activity import ActivityTally, Event, SourceIpActivity
+from enrichment_pipeline.core.gc_pause import cyclic_gc_paused
 
 __all__ = [
     "LOG_DIR_ENV_VAR", "CowrieLogError", "CowrieLogNotFound", "DayLog", "LogReadStats", "SourceIpActivity",
@@ -105,7 +105,7 @@ def read_day_log(path: str | os.PathLike[str], *, max_line_bytes: int = 16 * 102
         raise ValueError(f"max_line_bytes must be positive, got {max_line_bytes}")
     path = pathlib.Path(path)
     reader = _DayReader(path, max_line_bytes)
-    with _opened_log(path) as stream, _cyclic_gc_paused():
+    with _opened_log(path) as stream, cyclic_gc_paused():
         reader.read(stream)
         sources = reader.activity.sources()
     stats = reader.stats
@@ -136,23 +136,6 @@ def _opened_log(path: pathlib.Path) -> Iterator[BinaryIO]:
             return
         with gzip.GzipFile(fileobj=raw, mode="rb") as unzipped:
             yield io.BufferedReader(_ChunkSource(unzipped), _BLOCK_BYTES)  # type: ignore[arg-type]
-
-
-@contextlib.contextmanager
-def _cyclic_gc_paused() -> Iterator[None]:
-    """Pause CPython's cycle collector while a day is read (restored after, even on error).
-
-    The read allocates objects for every event and keeps per-IP counts, moments and session ids. Nothing
-    it builds forms a cycle, yet each full collection re-walks everything kept so far: on a 1M-event day
-    with 100k IPs that was ~15% of the read (bench/RESULTS.md). Reference counting still frees the rest.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 class _ChunkSource(io.RawIOBase):

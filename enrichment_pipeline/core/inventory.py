@@ -4,10 +4,11 @@ Owns `ip_inventory` (one row per IP), `ip_daily_activity` (what each day contrib
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from typing import cast as typing_cast
@@ -24,7 +25,6 @@ from sqlalchemy import (
     Dialect,
     Engine,
     Index,
-    Insert,
     Integer,
     String,
     Table,
@@ -35,18 +35,17 @@ from sqlalchemy import (
     event,
     exists,
     func,
-    insert,
     not_,
     select,
     text,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.sql import Select
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import TypeDecorator
 
+from enrichment_pipeline.core import bulk_sql
 from enrichment_pipeline.core.freshness import (
     ASN_BUILD_KEY,
     CITY_BUILD_KEY,
@@ -55,6 +54,7 @@ from enrichment_pipeline.core.freshness import (
     expires_at,
     retry_delay,
 )
+from enrichment_pipeline.core.gc_pause import cyclic_gc_paused
 from enrichment_pipeline.core.ips import canonical_ip
 from enrichment_pipeline.core.merge import SOURCES, merge_enrichment, needs_cymru, summarize, summarize_greynoise
 
@@ -79,16 +79,62 @@ class UtcDateTime(TypeDecorator[datetime]):
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        if value.tzinfo is not UTC:
-            if value.utcoffset() is None:
-                raise ValueError(f"naive datetime {value.isoformat()}: pass a timezone-aware datetime")
-            value = value.astimezone(UTC)
+        value = _as_utc(value)
         # SQLite has no offset column type: store the UTC wall time, re-attach UTC on read.
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+    # For bulk_sql: the same conversions straight to and from the driver's value, in one call per value
+    # (composing the methods above with SQLAlchemy's own SQLite text format costs three).
+    def bulk_store(self, dialect: Dialect) -> Callable[[datetime | None], Any]:
+        return _sqlite_utc_text if dialect.name == "sqlite" else _utc_or_none
+
+    def bulk_load(self, dialect: Dialect) -> Callable[[Any], datetime | None]:
+        return _from_sqlite_utc_text if dialect.name == "sqlite" else _utc_from_driver
+
+
+def _as_utc(value: datetime) -> datetime:
+    if value.tzinfo is UTC:
+        return value
+    if value.utcoffset() is None:
+        raise ValueError(f"naive datetime {value.isoformat()}: pass a timezone-aware datetime")
+    return value.astimezone(UTC)
+
+
+def _utc_or_none(value: datetime | None) -> datetime | None:
+    return value if value is None or value.tzinfo is UTC else _as_utc(value)
+
+
+def _utc_from_driver(value: datetime | None) -> datetime | None:
+    if value is None or value.tzinfo is UTC:  # what psycopg2 returns in a UTC session: nothing to do
+        return value
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# Cached: a bulk write repeats the same few timestamps (`now`) thousands of times.
+@lru_cache(maxsize=4096)
+def _sqlite_utc_text(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    value = _as_utc(value)
+    # SQLAlchemy's SQLite DATETIME text of the UTC wall time; %-formatting is the cheapest way to build it.
+    return "%04d-%02d-%02d %02d:%02d:%02d.%06d" % (
+        value.year, value.month, value.day, value.hour, value.minute, value.second, value.microsecond
+    )
+
+
+@lru_cache(maxsize=4096)
+def _from_sqlite_utc_text(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        return datetime.fromisoformat(text + "+00:00")  # the stored form: the fast, common case
+    except ValueError:  # text that carries an offset of its own
+        value = datetime.fromisoformat(text)
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
@@ -158,10 +204,16 @@ INVENTORY = typing_cast(Table, IpInventory.__table__)
 DAILY_ACTIVITY = typing_cast(Table, IpDailyActivity.__table__)
 FAILURES = typing_cast(Table, EnrichmentFailure.__table__)
 
-# Every column but the key: rows are computed whole in Python, under the write lock.
-_VALUE_COLUMNS: tuple[str, ...] = tuple(column.name for column in INVENTORY.columns if not column.primary_key)
-# The columns derived from ip_daily_activity: a day without new enrichment changes only these.
-_TOTAL_COLUMNS: tuple[str, ...] = ("session_count", "first_seen", "last_seen")
+# Rows are computed whole in Python, under the write lock, and written with every column...
+_COLUMNS: tuple[str, ...] = tuple(column.name for column in INVENTORY.columns)
+_EMPTY_ROW: dict[str, Any] = dict.fromkeys(_COLUMNS)
+# ...or, when the enrichment object is unchanged, without it: the JSON is most of a row's bytes.
+_NARROW_COLUMNS: tuple[str, ...] = tuple(name for name in _COLUMNS if name != "enrichment")
+# Built once: the merge looks these names up for every IP and source.
+_STAMP_COLUMNS: dict[str, str] = {source: f"{source}_updated_at" for source in SOURCES}
+_ACTIVITY_COLUMNS: tuple[str, ...] = tuple(column.name for column in DAILY_ACTIVITY.columns)
+_FAILURE_COLUMNS: tuple[str, ...] = tuple(column.name for column in FAILURES.columns)
+_FAILURE_UPDATE_COLUMNS: tuple[str, ...] = ("error", "attempts", "first_failed_at", "last_failed_at", "next_retry_at")
 
 
 @dataclass(frozen=True)
@@ -206,7 +258,7 @@ def make_engine(url: str) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         return _make_sqlite_engine(parsed)
     return create_engine(
-        parsed, pool_pre_ping=True, json_serializer=_dump_json, json_deserializer=orjson.loads
+        parsed, pool_pre_ping=True, json_serializer=bulk_sql.dump_json, json_deserializer=orjson.loads
     )
 
 
@@ -237,11 +289,11 @@ def upsert_day(
     """
     started = time.perf_counter()
     _check_inputs(activity, updates, failures, now)
-    with _write_transaction(engine) as conn:
+    with cyclic_gc_paused(), _write_transaction(engine) as conn:
         _lock_inventory(conn)
         previous_ips = _replace_day_activity(conn, day, activity)
         touched = {row.ip for row in activity} | previous_ips
-        stats = _merge_and_write(conn, touched, updates, failures, now)
+        stats = _merge_and_write(conn, touched, updates, failures, now, day=day, activity=activity)
     stats.activity_rows = len(activity)
     stats.seconds = time.perf_counter() - started
     return stats
@@ -254,7 +306,7 @@ def upsert_enrichment(
     path), in one transaction. An IP not yet in the inventory gets a row with no sessions."""
     started = time.perf_counter()
     _check_inputs((), updates, failures, now)
-    with _write_transaction(engine) as conn:
+    with cyclic_gc_paused(), _write_transaction(engine) as conn:
         _lock_inventory(conn)
         stats = _merge_and_write(conn, set(), updates, failures, now)
     stats.seconds = time.perf_counter() - started
@@ -381,7 +433,7 @@ def _make_sqlite_engine(url: URL) -> Engine:
     engine = create_engine(
         url,
         connect_args={"timeout": _SQLITE_BUSY_TIMEOUT},
-        json_serializer=_dump_json,
+        json_serializer=bulk_sql.dump_json,
         json_deserializer=orjson.loads,
     )
 
@@ -410,10 +462,6 @@ def _write_transaction(engine: Engine) -> Iterator[Connection]:
         conn.execution_options(**{_WRITE_OPTION: True})
         with conn.begin():
             yield conn
-
-
-def _dump_json(value: Any) -> str:
-    return orjson.dumps(value).decode()
 
 
 def _first(conn: Connection, query: Select[Any], limit: int, keep: Callable[[Any], bool]) -> list[Any]:
@@ -511,22 +559,20 @@ def _lock_inventory(conn: Connection) -> None:
 
 def _replace_day_activity(conn: Connection, day: date, activity: Sequence[DayActivity]) -> set[str]:
     """Swap the day's activity rows for `activity`; return the IPs the day had before."""
-    day_rows = DAILY_ACTIVITY.c.day == day
-    previous = set(conn.scalars(select(DAILY_ACTIVITY.c.ip_address).where(day_rows)))
-    conn.execute(delete(DAILY_ACTIVITY).where(day_rows))
-    if activity:
-        rows = [
-            {
-                "ip_address": row.ip,
-                "day": day,
-                "session_count": row.session_count,
-                "event_count": row.event_count,
-                "first_seen": row.first_seen,
-                "last_seen": row.last_seen,
-            }
-            for row in activity
-        ]
-        conn.execute(insert(DAILY_ACTIVITY), rows)
+    daily = DAILY_ACTIVITY.c
+    previous = set(conn.scalars(delete(DAILY_ACTIVITY).where(daily.day == day).returning(daily.ip_address)))
+    rows = [
+        {
+            "ip_address": row.ip,
+            "day": day,
+            "session_count": row.session_count,
+            "event_count": row.event_count,
+            "first_seen": row.first_seen,
+            "last_seen": row.last_seen,
+        }
+        for row in activity
+    ]
+    bulk_sql.insert(conn, DAILY_ACTIVITY, rows, _ACTIVITY_COLUMNS)
     return previous
 
 
@@ -536,10 +582,13 @@ def _merge_and_write(
     updates: Sequence[SourceUpdate],
     failures: Sequence[LookupFailure],
     now: datetime,
+    *,
+    day: date | None = None,
+    activity: Sequence[DayActivity] = (),
 ) -> UpsertStats:
     ips = sorted(touched | {row.ip for row in updates} | {failure.ip for failure in failures})
     stored = _read_stored_rows(conn, ips)
-    totals = _activity_totals(conn, ips)
+    totals = _activity_totals(conn, ips, day, activity)
     rows = _merged_rows(ips, stored, totals, updates, now)
     _write_changes(conn, rows, stored)
     recorded, cleared = _write_failures(conn, rows, updates, failures, now)
@@ -554,11 +603,8 @@ def _merge_and_write(
 
 
 def _read_stored_rows(conn: Connection, ips: Sequence[str]) -> dict[str, dict[str, Any]]:
-    stored: dict[str, dict[str, Any]] = {}
-    for chunk in _chunks(ips):
-        for row in conn.execute(select(INVENTORY).where(INVENTORY.c.ip_address.in_(chunk))).mappings():
-            stored[row["ip_address"]] = dict(row)
-    return stored
+    query = select(INVENTORY).where(bulk_sql.among(conn.dialect.name, INVENTORY.c.ip_address, ips))
+    return {values[0]: dict(zip(_COLUMNS, values, strict=True)) for values in bulk_sql.fetch(conn, query)}
 
 
 @dataclass(frozen=True)
@@ -568,20 +614,44 @@ class _Totals:
     last_seen: datetime | None
 
 
-def _activity_totals(conn: Connection, ips: Sequence[str]) -> dict[str, _Totals]:
-    """SUM/MIN/MAX over all days of each IP's activity; IPs without any daily row are absent."""
+def _activity_totals(
+    conn: Connection, ips: Sequence[str], day: date | None, activity: Sequence[DayActivity]
+) -> dict[str, _Totals]:
+    """SUM/MIN/MAX over all days of each IP's activity; IPs without any daily row are absent.
+
+    `day`'s rows were just written from `activity`: they are added from there instead of read back.
+    """
     daily = DAILY_ACTIVITY.c
-    totals: dict[str, _Totals] = {}
-    for chunk in _chunks(ips):
-        query = (
-            select(daily.ip_address, func.sum(daily.session_count), func.min(daily.first_seen),
-                   func.max(daily.last_seen))
-            .where(daily.ip_address.in_(chunk))
-            .group_by(daily.ip_address)
-        )
-        for ip, session_count, first_seen, last_seen in conn.execute(query):
-            totals[ip] = _Totals(int(session_count), first_seen, last_seen)
+    query = (
+        select(daily.ip_address, func.sum(daily.session_count), func.min(daily.first_seen), func.max(daily.last_seen))
+        .where(bulk_sql.among(conn.dialect.name, daily.ip_address, ips))
+        .group_by(daily.ip_address)
+    )
+    if day is not None:
+        query = query.where(daily.day != day)
+    totals = {
+        ip: _Totals(int(session_count), first_seen, last_seen)
+        for ip, session_count, first_seen, last_seen in bulk_sql.fetch(conn, query)
+    }
+    for row in activity:
+        other_days = totals.get(row.ip)
+        if other_days is None:
+            totals[row.ip] = _Totals(row.session_count, row.first_seen, row.last_seen)
+        else:
+            totals[row.ip] = _Totals(
+                other_days.session_count + row.session_count,
+                _earliest(other_days.first_seen, row.first_seen),
+                _latest(other_days.last_seen, row.last_seen),
+            )
     return totals
+
+
+def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:
+    return b if a is None else a if b is None else min(a, b)  # NULLs ignored, as SQL's MIN does
+
+
+def _latest(a: datetime | None, b: datetime | None) -> datetime | None:
+    return b if a is None else a if b is None else max(a, b)
 
 
 def _merged_rows(
@@ -599,15 +669,13 @@ def _merged_rows(
 
     rows: list[dict[str, Any]] = []
     for ip in ips:
-        row = dict(stored.get(ip) or {"ip_address": ip, "enrichment": {}})
-        row.update({f"{source}_updated_at": row.get(f"{source}_updated_at") for source in SOURCES})
-        row.setdefault("enrichment_updated_at", None)
+        before = stored.get(ip)
+        row = dict(before) if before is not None else {**_EMPTY_ROW, "ip_address": ip, "enrichment": {}}
         for source_update in updates_by_ip.get(ip, ()):
             row["enrichment"] = merge_enrichment(row["enrichment"], source_update)
-            for source in SOURCES:
+            for source, stamp in _STAMP_COLUMNS.items():
                 if getattr(source_update, source) is not None:
-                    row[f"{source}_updated_at"] = now
-                    row["enrichment_updated_at"] = now
+                    row[stamp] = row["enrichment_updated_at"] = now
         summary = summarize(row["enrichment"])
         greynoise = summarize_greynoise(row["enrichment"])
         activity = totals.get(ip, no_activity)
@@ -629,47 +697,27 @@ def _merged_rows(
 def _write_changes(
     conn: Connection, rows: Sequence[dict[str, Any]], stored: Mapping[str, Mapping[str, Any]]
 ) -> None:
-    """Write each row that differs from its stored version, touching only the totals when possible."""
+    """Insert the new rows and update each stored row that changed, leaving out its enrichment when that
+    is unchanged. The write lock taken first makes `stored` exact: no upsert is needed."""
+    new_rows: list[dict[str, Any]] = []
     whole_rows: list[dict[str, Any]] = []
-    totals_only: list[dict[str, Any]] = []
+    narrow_rows: list[dict[str, Any]] = []
     for row in rows:
         before = stored.get(row["ip_address"])
         if before is None:
+            new_rows.append(row)
+        elif row["enrichment"] != before["enrichment"]:
             whole_rows.append(row)
         elif row != before:
-            # Narrow rows are much cheaper to send and write: the common case of a day that only
-            # adds activity to IPs whose enrichment is still fresh.
-            if any(row[name] != before[name] for name in _VALUE_COLUMNS if name not in _TOTAL_COLUMNS):
-                whole_rows.append(row)
-            else:
-                totals_only.append({name: row[name] for name in ("ip_address", *_TOTAL_COLUMNS)})
-    _write_rows(conn, whole_rows, _VALUE_COLUMNS)
-    _write_rows(conn, totals_only, _TOTAL_COLUMNS)
-
-
-def _write_rows(conn: Connection, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
-    if not rows:
-        return
-    written = conn.execute(_upsert_statement(conn.dialect.name, columns), rows).scalars().all()
-    if len(written) != len(rows):
-        raise RuntimeError(f"inventory upsert wrote {len(written)} rows instead of {len(rows)}")
-
-
-def _dialect_insert(dialect_name: str) -> Any:
-    dialect_insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}.get(dialect_name)
-    if dialect_insert is None:
-        raise NotImplementedError(f"the inventory supports SQLite and PostgreSQL, not {dialect_name}")
-    return dialect_insert
-
-
-def _upsert_statement(dialect_name: str, columns: Sequence[str]) -> Insert:
-    statement = _dialect_insert(dialect_name)(INVENTORY)
-    # RETURNING lets SQLAlchemy batch the rows into multi-row INSERTs (insertmanyvalues): without
-    # it, an ON CONFLICT executemany is one round trip per row on psycopg2.
-    return statement.on_conflict_do_update(
-        index_elements=[INVENTORY.c.ip_address],
-        set_={name: statement.excluded[name] for name in columns},
-    ).returning(INVENTORY.c.ip_address)
+            # The common re-run: same answers, new timestamps or totals. Without the JSON, which is
+            # most of a row's bytes, these rows are much cheaper to send and write.
+            narrow_rows.append(row)
+    written = bulk_sql.insert(conn, INVENTORY, new_rows, _COLUMNS)
+    written += bulk_sql.update(conn, INVENTORY, whole_rows, _COLUMNS)
+    written += bulk_sql.update(conn, INVENTORY, narrow_rows, _NARROW_COLUMNS)
+    expected = len(new_rows) + len(whole_rows) + len(narrow_rows)
+    if written != expected:
+        raise RuntimeError(f"inventory write changed {written} rows instead of {expected}")
 
 
 def _write_failures(
@@ -684,17 +732,17 @@ def _write_failures(
     A failure is settled when its source answered, or for Cymru when MaxMind now gives an ASN (Cymru
     will not be asked again, so the entry could never clear itself).
     """
-    settled = {(update.ip, source) for update in updates for source in SOURCES if getattr(update, source) is not None}
-    settled |= {(row["ip_address"], "cymru") for row in rows if not needs_cymru(row["enrichment"])}
     existing = _read_failures(conn, [row["ip_address"] for row in rows])
+    if not existing and not failures:
+        return 0, 0  # the usual day: nothing failed, before or now
+    settled = _settled(existing.keys() | {(failure.ip, failure.source) for failure in failures}, rows, updates)
 
     cleared = 0
     for source in SOURCES:
         gone = sorted(ip for ip, pair_source in existing if pair_source == source and (ip, source) in settled)
-        for chunk in _chunks(gone):
-            cleared += conn.execute(
-                delete(FAILURES).where(FAILURES.c.source == source, FAILURES.c.ip_address.in_(chunk))
-            ).rowcount
+        if gone:
+            among_gone = bulk_sql.among(conn.dialect.name, FAILURES.c.ip_address, gone)
+            cleared += conn.execute(delete(FAILURES).where(FAILURES.c.source == source, among_gone)).rowcount
 
     records: list[dict[str, Any]] = []
     for failure in failures:
@@ -712,27 +760,34 @@ def _write_failures(
                 "next_retry_at": now + retry_delay(attempts + 1),
             }
         )
-    if records:
-        statement = _dialect_insert(conn.dialect.name)(FAILURES)
-        columns = ("error", "attempts", "first_failed_at", "last_failed_at", "next_retry_at")
-        conn.execute(
-            statement.on_conflict_do_update(
-                index_elements=[FAILURES.c.ip_address, FAILURES.c.source],
-                set_={name: statement.excluded[name] for name in columns},
-            ),
-            records,
-        )
+    bulk_sql.insert(conn, FAILURES, records, _FAILURE_COLUMNS, update=_FAILURE_UPDATE_COLUMNS)
     return len(records), cleared
+
+
+def _settled(
+    pairs: Collection[tuple[str, str]], rows: Sequence[Mapping[str, Any]], updates: Sequence[SourceUpdate]
+) -> set[tuple[str, str]]:
+    """The (ip, source) pairs among `pairs` that no longer belong on the retry list (see `_write_failures`)."""
+    ips = {ip for ip, _ in pairs}
+    settled = {
+        (update.ip, source)
+        for update in updates
+        if update.ip in ips
+        for source in SOURCES
+        if getattr(update, source) is not None
+    }
+    settled.update(
+        (row["ip_address"], "cymru")
+        for row in rows
+        if row["ip_address"] in ips and not needs_cymru(row["enrichment"])
+    )
+    return settled & set(pairs)
 
 
 def _read_failures(conn: Connection, ips: Sequence[str]) -> dict[tuple[str, str], tuple[int, datetime]]:
     """(ip, source) -> (attempts, first_failed_at) of the stored failures of `ips`."""
     failures = FAILURES.c
-    found: dict[tuple[str, str], tuple[int, datetime]] = {}
-    for chunk in _chunks(ips):
-        query = select(failures.ip_address, failures.source, failures.attempts, failures.first_failed_at).where(
-            failures.ip_address.in_(chunk)
-        )
-        for ip, source, attempts, first_failed_at in conn.execute(query):
-            found[(ip, source)] = (attempts, first_failed_at)
-    return found
+    query = select(failures.ip_address, failures.source, failures.attempts, failures.first_failed_at).where(
+        bulk_sql.among(conn.dialect.name, failures.ip_address, ips)
+    )
+    return {(ip, source): (attempts, first_failed_at) for ip, source, attempts, first_failed_at in bulk_sql.fetch(conn, query)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # only for annotations: inventory imports this module at runtime
@@ -14,6 +15,7 @@ SOURCES: tuple[str, ...] = ("maxmind", "cymru", "greynoise")
 
 # AS numbers are unsigned 32-bit (RFC 6793); anything else is not an ASN.
 _MAX_ASN = 2**32 - 1
+_ABSENT: Mapping[str, Any] = MappingProxyType({})  # what a missing source reads as (read-only: shared)
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,7 @@ def merge_enrichment(stored: Mapping[str, Any] | None, update: SourceUpdate) -> 
     Sources the update leaves as None were not asked this run, so their stored objects are kept.
     Neither argument is mutated: the result is a new top-level dict with copied new objects.
     """
-    merged: dict[str, Any] = dict(stored) if isinstance(stored, Mapping) else {}
+    merged: dict[str, Any] = dict(stored) if _is_mapping(stored) else {}
     for source in SOURCES:
         answer = getattr(update, source)
         if answer is not None:
@@ -80,13 +82,20 @@ def summarize_greynoise(enrichment: Mapping[str, Any]) -> GreyNoiseSummary:
     )
 
 
+def _is_mapping(value: object) -> bool:
+    # The exact-type test first: the merge runs per IP, and the ABC check costs several times more.
+    return type(value) is dict or isinstance(value, Mapping)
+
+
 def _source(enrichment: Mapping[str, Any], name: str) -> Mapping[str, Any]:
     # A stored row may hold anything (older versions, hand edits): a non-object counts as absent.
-    value = enrichment.get(name) if isinstance(enrichment, Mapping) else None
-    return value if isinstance(value, Mapping) else {}
+    value = enrichment.get(name) if _is_mapping(enrichment) else None
+    return value if _is_mapping(value) else _ABSENT
 
 
 def _as_asn(value: object) -> int | None:
+    if type(value) is int:  # the common case; bool (an int subclass) never takes this path
+        return value if 0 < value <= _MAX_ASN else None
     if isinstance(value, bool):  # bool is an int subclass, never an ASN
         return None
     if isinstance(value, str):

@@ -1,5 +1,6 @@
 """Pytest plugin: a throwaway PostgreSQL server (or $ENRICHMENT_TEST_PG_URL) and clean inventory engines.
-Fixtures: `postgres_url` (session), `pg_engine` and `sqlite_engine` (empty inventory tables per test)."""
+Fixtures: `postgres_url` (session), `pg_engine` and `sqlite_engine` (empty inventory tables per test), and
+`engine`, which runs a test once on each."""
 
 from __future__ import annotations
 
@@ -153,6 +154,12 @@ def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
     create_schema(engine)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def engine(request: pytest.FixtureRequest) -> Engine:
+    """The same test on a SQLite file and on PostgreSQL, each with empty inventory tables."""
+    return request.getfixturevalue("sqlite_engine" if request.param == "sqlite" else "pg_engine")
 
 
 def _unavailable(reason: str) -> NoReturn:

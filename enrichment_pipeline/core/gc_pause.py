@@ -1,0 +1,36 @@
+"""A pause of CPython's cycle collector around bulk work that allocates many objects and forms no cycles.
+
+Each collection re-walks every container still alive, so reading a day or merging 10k inventory rows pays
+for its own growing heap again and again (15-30% of those steps, bench/RESULTS.md). Reference counting
+still frees everything; cycles made meanwhile are collected once the pause ends. The collector is
+process-wide, so pauses are counted: overlapping pauses (threads, nesting) resume it only after the last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import threading
+from collections.abc import Iterator
+
+_lock = threading.Lock()
+_depth = 0
+_was_enabled = False
+
+
+@contextlib.contextmanager
+def cyclic_gc_paused() -> Iterator[None]:
+    """Pause the cycle collector for the `with` block (restored after, even on error)."""
+    global _depth, _was_enabled
+    with _lock:
+        if _depth == 0:
+            _was_enabled = gc.isenabled()
+            gc.disable()
+        _depth += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _depth -= 1
+            if _depth == 0 and _was_enabled:
+                gc.enable()
