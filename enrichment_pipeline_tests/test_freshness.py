@@ -3,6 +3,7 @@ PostgreSQL), and real materializations that never ask Team Cymru twice until an 
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
@@ -22,6 +23,7 @@ from enrichment_pipeline.core.freshness import (
 from enrichment_pipeline.core.inventory import (
     LookupFailure,
     SourceUpdate,
+    backing_off_ips,
     fetch_inventory,
     fresh_ips,
     make_engine,
@@ -103,6 +105,18 @@ def test_unrouted_cymru_answer_is_as_fresh_as_a_routed_one(engine: Engine) -> No
     ttl = timedelta(days=30)
     assert fresh_ips(engine, ["192.0.2.1", "10.1.2.3", "192.0.2.9"], "cymru", ttl, now=NOW) == {"192.0.2.1", "10.1.2.3"}
     assert fresh_ips(engine, ["192.0.2.1", "10.1.2.3"], "cymru", ttl, now=NOW + ttl) == set()
+
+
+def test_freshness_and_backoff_queries_take_any_number_of_ips_in_one_call(engine: Engine) -> None:
+    # More IPs than SQLite binds in one statement (32,766): the set travels as one JSON array.
+    answered = [f"198.51.{n // 256}.{n % 256}" for n in range(200)]
+    asked = [str(ipaddress.IPv4Address(0x0B000000 + n)) for n in range(40_000)] + answered
+    failed = [LookupFailure(ip, "cymru", "timed out") for ip in answered[:50]]
+    upsert_day(engine, DAY, [], [SourceUpdate(ip, cymru=CYMRU) for ip in answered[50:]], now=NOW, failures=failed)
+
+    assert fresh_ips(engine, asked, "cymru", timedelta(days=30), now=NOW) == set(answered[50:])
+    assert backing_off_ips(engine, asked, "cymru", now=NOW) == set(answered[:50])
+    assert [row["ip_address"] for row in fetch_inventory(engine, asked)] == sorted(answered)
 
 
 def test_maxmind_answer_goes_stale_with_age_or_with_other_database_builds(engine: Engine) -> None:

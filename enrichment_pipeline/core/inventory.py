@@ -58,8 +58,8 @@ from enrichment_pipeline.core.gc_pause import cyclic_gc_paused
 from enrichment_pipeline.core.ips import canonical_ip
 from enrichment_pipeline.core.merge import SOURCES, merge_enrichment, needs_cymru, summarize, summarize_greynoise
 
-# Bound parameters per IN list: SQLite caps parameters per statement, and smaller lists plan well.
-_IN_CHUNK = 500
+# Rows a streamed query fetches at a time.
+_STREAM_ROWS = 500
 # Seconds a SQLite writer waits for the lock held by another run before giving up.
 _SQLITE_BUSY_TIMEOUT = 60
 # Connection execution option marking a transaction that writes (SQLite: BEGIN IMMEDIATE).
@@ -319,11 +319,9 @@ def fetch_inventory(engine: Engine, ips: Iterable[str] | None = None) -> list[di
         if ips is None:
             result = conn.execute(select(INVENTORY).order_by(INVENTORY.c.ip_address))
             return [dict(row) for row in result.mappings()]
-        rows: list[dict[str, Any]] = []
-        for chunk in _chunks(sorted(set(ips))):
-            result = conn.execute(select(INVENTORY).where(INVENTORY.c.ip_address.in_(chunk)))
-            rows.extend(dict(row) for row in result.mappings())
-    return sorted(rows, key=lambda row: row["ip_address"])
+        among = bulk_sql.among(conn.dialect.name, INVENTORY.c.ip_address, set(ips))
+        result = conn.execute(select(INVENTORY).where(among).order_by(INVENTORY.c.ip_address))
+        return [dict(row) for row in result.mappings()]
 
 
 def fresh_ips(
@@ -342,12 +340,9 @@ def fresh_ips(
     _check_source(source)
     _check_aware(now)
     fresh_now = _fresh(source, ttl, now, maxmind_builds if source == "maxmind" else None)
-    fresh: set[str] = set()
     with engine.connect() as conn:
-        for chunk in _chunks(sorted(set(ips))):
-            in_chunk = INVENTORY.c.ip_address.in_(chunk)
-            fresh.update(conn.scalars(select(INVENTORY.c.ip_address).where(in_chunk, fresh_now)))
-    return fresh
+        among = bulk_sql.among(conn.dialect.name, INVENTORY.c.ip_address, set(ips))
+        return set(conn.scalars(select(INVENTORY.c.ip_address).where(among, fresh_now)))
 
 
 def stalest_ips(
@@ -402,14 +397,10 @@ def backing_off_ips(engine: Engine, ips: Iterable[str], source: str, *, now: dat
     _check_source(source)
     _check_aware(now)
     failures = FAILURES.c
-    waiting: set[str] = set()
     with engine.connect() as conn:
-        for chunk in _chunks(sorted(set(ips))):
-            query = select(failures.ip_address).where(
-                failures.ip_address.in_(chunk), failures.source == source, failures.next_retry_at > now
-            )
-            waiting.update(conn.scalars(query))
-    return waiting
+        among = bulk_sql.among(conn.dialect.name, failures.ip_address, set(ips))
+        query = select(failures.ip_address).where(among, failures.source == source, failures.next_retry_at > now)
+        return set(conn.scalars(query))
 
 
 def fetch_failures(engine: Engine) -> list[dict[str, Any]]:
@@ -467,7 +458,7 @@ def _write_transaction(engine: Engine) -> Iterator[Connection]:
 def _first(conn: Connection, query: Select[Any], limit: int, keep: Callable[[Any], bool]) -> list[Any]:
     """The first `limit` rows of `query` that `keep` accepts, streamed so a long tail is never fetched."""
     kept: list[Any] = []
-    result = conn.execute(query, execution_options={"yield_per": _IN_CHUNK})
+    result = conn.execute(query, execution_options={"yield_per": _STREAM_ROWS})
     try:
         for row in result:
             if keep(row):
@@ -477,11 +468,6 @@ def _first(conn: Connection, query: Select[Any], limit: int, keep: Callable[[Any
     finally:
         result.close()
     return kept
-
-
-def _chunks(values: Sequence[str]) -> Iterator[Sequence[str]]:
-    for start in range(0, len(values), _IN_CHUNK):
-        yield values[start : start + _IN_CHUNK]
 
 
 def _check_source(source: str) -> None:
