@@ -103,7 +103,9 @@ class ActivityTally:
             moment = event.timestamp
             # Cowrie's `...Z` arrives as UTC; anything else is normalised to UTC, so comparisons stay
             # cheap and naive values never meet aware ones.
-            if type(moment) is not datetime_type or (moment.tzinfo is not _UTC and (moment := _as_utc(moment)) is None):
+            if type(moment) is datetime_type and moment.tzinfo is not _UTC:
+                moment = _as_utc(moment)
+            if type(moment) is not datetime_type:  # unparsed, missing, or out of range in UTC
                 self.bad_timestamps += 1
                 self._add_sample(number, "bad timestamp", event.timestamp)
                 continue

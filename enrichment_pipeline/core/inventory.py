@@ -776,4 +776,5 @@ def _read_failures(conn: Connection, ips: Sequence[str]) -> dict[tuple[str, str]
     query = select(failures.ip_address, failures.source, failures.attempts, failures.first_failed_at).where(
         bulk_sql.among(conn.dialect.name, failures.ip_address, ips)
     )
-    return {(ip, source): (attempts, first_failed_at) for ip, source, attempts, first_failed_at in bulk_sql.fetch(conn, query)}
+    rows = bulk_sql.fetch(conn, query)
+    return {(ip, source): (attempts, first_failed_at) for ip, source, attempts, first_failed_at in rows}
