@@ -70,6 +70,7 @@ class ActivityTally:
     def __init__(self, add_sample: SampleSink) -> None:
         self._add_sample = add_sample
         self._events: collections.Counter[str] = collections.Counter()
+        self._known: set[str] = set()  # every canonical IP seen so far: what a set difference runs against
         self._sessions: set[tuple[str, str]] = set()  # (IP, session id): a session id counts per IP
         self._first: dict[str, datetime.datetime] = {}
         self._last: dict[str, datetime.datetime] = {}
@@ -86,14 +87,14 @@ class ActivityTally:
 
     def add_numbered(self, numbered_events: Iterable[tuple[int, Event]]) -> None:
         """Add (line number, event) pairs one at a time: every case, at Python speed."""
-        counts, sessions, first, last = self._events, self._sessions, self._first, self._last
+        counts, sessions, first, last, known = self._events, self._sessions, self._first, self._last, self._known
         datetime_type = datetime.datetime
         for number, event in numbered_events:
             raw_ip = event.src_ip
             if type(raw_ip) is not str:
                 self._count_unusable_ip(raw_ip, number)
                 continue
-            ip = raw_ip if raw_ip in counts else self._resolve(raw_ip, number)
+            ip = raw_ip if raw_ip in known else self._resolve(raw_ip, number)
             if ip is None:
                 self.invalid_ip += 1
                 continue
@@ -119,7 +120,7 @@ class ActivityTally:
     def sources(self) -> list[SourceIpActivity]:
         """The activity of every IP that had a counted event, ordered by IP text."""
         session_counts = collections.Counter(map(operator.itemgetter(0), self._sessions))
-        ips = sorted(self._events)  # every IP admitted by the bulk path was counted by one path or the other
+        ips = sorted(self._events)
         return list(
             map(
                 SourceIpActivity,
@@ -147,8 +148,7 @@ class ActivityTally:
             distinct_ips = set(ips)
         except TypeError:  # an unhashable (JSON array or object) src_ip
             return False
-        counts = self._events  # keyed by the canonical IPs seen so far
-        new_ips = [ip for ip in distinct_ips if ip not in counts]  # (set ops against a dict copy it)
+        new_ips = distinct_ips - self._known
         if new_ips and not self._learned_canonical(new_ips):
             return False
         sessions = list(map(_SESSION, events))
@@ -162,19 +162,19 @@ class ActivityTally:
         if not in_order or set(map(type, sessions)) != _ONLY_STR:
             return False
         self._newest = moments[-1]
-        counts.update(ips)
+        self._events.update(ips)
         self._sessions.update(zip(ips, sessions))
         self._last.update(zip(ips, moments))  # later occurrences are later moments
         collections.deque(map(self._first.setdefault, ips, moments), maxlen=0)  # keeps the first
         return True
 
-    def _learned_canonical(self, texts: list[Any]) -> bool:
-        """Admit the `texts` that are canonical IPs (with no events yet); True if all are. Invalid and
-        non-canonical texts are left to `_resolve`, which samples them with their line number."""
+    def _learned_canonical(self, texts: set[Any]) -> bool:
+        """Remember the `texts` that are canonical IPs; True if all are. Invalid and non-canonical texts
+        are left to `_resolve`, which samples them with their line number."""
         for text in texts:
             if type(text) is not str or _canonical_ip_quickly(text) != text:
                 return False
-            self._events[text] = 0
+            self._known.add(text)
         return True
 
     def _resolve(self, raw_ip: str, number: int) -> str | None:
@@ -182,6 +182,8 @@ class ActivityTally:
         if raw_ip in self._odd_verdicts:
             return self._odd_verdicts[raw_ip]
         ip = _canonical_ip_quickly(raw_ip)
+        if ip is not None:
+            self._known.add(ip)
         if ip == raw_ip:
             return ip
         if ip is None:
