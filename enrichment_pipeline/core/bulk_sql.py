@@ -12,6 +12,7 @@ when composing its `process_*` methods with the base type's conversion is too sl
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime
 from operator import itemgetter
@@ -218,10 +219,7 @@ def _writer(type_: TypeEngine[Any], dialect: Dialect) -> Convert | None:
     store = _store_sqlite(base) if dialect.name == "sqlite" else _store_postgresql(base)
     if not isinstance(type_, TypeDecorator):
         return store
-    bind = type_.process_bind_param
-    if store is None:
-        return lambda value: bind(value, dialect)
-    return lambda value: store(bind(value, dialect))
+    return _then(functools.partial(type_.process_bind_param, dialect=dialect), store)
 
 
 def _reader(type_: TypeEngine[Any], dialect: Dialect) -> Convert | None:
@@ -232,10 +230,14 @@ def _reader(type_: TypeEngine[Any], dialect: Dialect) -> Convert | None:
     load = _load_sqlite(base) if dialect.name == "sqlite" else _load_postgresql(base)
     if not isinstance(type_, TypeDecorator):
         return load
-    result = type_.process_result_value
-    if load is None:
-        return lambda value: result(value, dialect)
-    return lambda value: result(load(value), dialect)
+    return _then(load, functools.partial(type_.process_result_value, dialect=dialect))
+
+
+def _then(first: Convert | None, second: Convert | None) -> Convert | None:
+    """`second(first(value))`, where a missing step (None) leaves the value as it is."""
+    if first is None or second is None:
+        return second or first
+    return lambda value: second(first(value))
 
 
 def _store_sqlite(type_: TypeEngine[Any]) -> Convert | None:

@@ -84,9 +84,7 @@ class UtcDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return _utc_from_driver(value)
 
     # For bulk_sql: the same conversions straight to and from the driver's value, in one call per value
     # (composing the methods above with SQLAlchemy's own SQLite text format costs three).
@@ -110,6 +108,7 @@ def _utc_or_none(value: datetime | None) -> datetime | None:
 
 
 def _utc_from_driver(value: datetime | None) -> datetime | None:
+    """A stored moment as UTC-aware: naive ones are UTC wall time (SQLite), aware ones are converted."""
     if value is None or value.tzinfo is UTC:  # what psycopg2 returns in a UTC session: nothing to do
         return value
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
@@ -134,8 +133,7 @@ def _from_sqlite_utc_text(text: str | None) -> datetime | None:
     try:
         return datetime.fromisoformat(text + "+00:00")  # the stored form: the fast, common case
     except ValueError:  # text that carries an offset of its own
-        value = datetime.fromisoformat(text)
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return _utc_from_driver(datetime.fromisoformat(text))
 
 
 class Base(DeclarativeBase):
