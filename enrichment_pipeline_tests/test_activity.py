@@ -178,3 +178,35 @@ def test_an_offset_that_leaves_the_datetime_range_is_a_bad_timestamp() -> None:
     tally, samples = tallied([Event("192.0.2.9", "a", extreme)], 1)
     assert tally.bad_timestamps == 1 and samples == [(1, "bad timestamp", extreme)]
     assert tally.sources() == [SourceIpActivity("192.0.2.9", 1, 1, None, None)]
+
+
+@pytest.mark.parametrize("block_size", [1, 150, 4_000])
+def test_more_ips_than_the_first_rows_hold_match_the_reference(block_size: int) -> None:
+    # 5,000 IPs outgrow the tally's first arrays (1,024 rows) several times, in bulk and event by event.
+    rng = random.Random(7)
+    events = regular_day(rng, 12_000, 5_000)
+    seconds = [(event.timestamp - START).total_seconds() for event in events]
+    for _ in range(40):
+        position = rng.randrange(len(events))
+        events.insert(position, messy_event(rng, seconds[min(position, len(seconds) - 1)]))
+    tally, _ = tallied(events, block_size)
+    expected, expected_counters = reference(events)
+    assert len(expected) > 4_000
+    assert tally.sources() == expected
+    assert counters(tally) == expected_counters
+
+
+def test_a_session_id_shared_by_ips_counts_for_each_whichever_path_saw_it_first() -> None:
+    # First seen event by event (an out-of-order block), then in bulk with another IP, and back.
+    events = [
+        Event("192.0.2.1", "shared", moment(50)),
+        Event("192.0.2.1", "own", moment(10)),  # earlier than the line before: this block goes one by one
+        Event("192.0.2.2", "shared", moment(60)),
+        Event("192.0.2.2", "shared", moment(61)),
+        Event("192.0.2.3", "shared", moment(62)),
+        Event("192.0.2.1", "shared", moment(63)),
+    ]
+    tally, _ = tallied(events, 2)
+    assert [(source.ip, source.session_count, source.event_count) for source in tally.sources()] == [
+        ("192.0.2.1", 2, 3), ("192.0.2.2", 1, 2), ("192.0.2.3", 1, 1)
+    ]
