@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -101,9 +103,117 @@ def test_refused_port_fails_every_ip_with_the_reason() -> None:
     assert result.batches_failed == 2
 
 
-def test_reset_mid_reply_fails_the_whole_batch_never_trusting_the_partial_reply(
-    server: CymruStandinServer,
-) -> None:
+@contextmanager
+def scripted_server(reply: bytes, ending: str) -> Iterator[tuple[str, int]]:
+    """A loopback server for one query: reads it to `end`, sends `reply`, then "close"s, "reset"s or "stall"s.
+
+    For replies the stand-in never writes (an independent server's spelling, a reset after complete lines).
+    """
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(5)
+    released = threading.Event()
+
+    def serve() -> None:
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        with conn:
+            received = b""
+            while not received.endswith(b"end\n") and (chunk := conn.recv(65536)):
+                received += chunk
+            conn.sendall(reply)
+            if ending == "reset":
+                time.sleep(0.05)  # let the reply reach the client before the RST
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            elif ending == "stall":
+                released.wait(10)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[:2]
+    finally:
+        released.set()
+        thread.join(5)
+        listener.close()
+
+
+HEADER = "AS      | IP               | BGP Prefix          | CC | Registry | Allocated  | AS Name"
+A, B, C, D, E = "198.51.100.1", "10.0.0.1", "203.0.113.3", "192.0.2.4", "198.51.100.5"
+CUT_REPLY = (
+    "Bulk mode; whois.cymru.com [2025-11-06 12:00:00 +0000]\n" + HEADER + "\n"
+    f"64500   | {A}     | 198.51.100.0/24     | US | arin     | 2001-01-01 | EXAMPLE-A, US\n"
+    f"NA      | {B}         | NA                  |    | other    |            | NA\n"
+    f"64501   | {C}      | 203.0.113.0/24      | NL | ripencc  | 2002-02-02 | EXAMPLE-C, NL\n"
+    f"64502   | {D}        | 192.0.2.0/24        | DE | ripencc  | 2003-03-03 | EXAMP"
+).encode()
+
+
+def test_reset_after_complete_lines_keeps_their_answers_and_fails_the_rest_naming_the_reset() -> None:
+    with scripted_server(CUT_REPLY, "reset") as (host, port):
+        result = CymruBulkClient(host, port, timeout_s=5).lookup([A, B, C, D, E])
+    assert result.answers[A].asn == 64500 and result.answers[A].primary.as_name == "EXAMPLE-A, US"
+    assert result.answers[B].unrouted
+    # C had the last complete line (a MOAS line for it may follow); D's line was cut; E never came.
+    assert result.failed == {ip: "batch 1/1: connection reset by server" for ip in (C, D, E)}
+    assert result.batches_failed == 1 and result.batches[0].error == "connection reset by server"
+
+
+def test_timeout_after_complete_lines_keeps_their_answers_and_fails_the_rest_naming_the_timeout() -> None:
+    with scripted_server(CUT_REPLY, "stall") as (host, port):
+        result = CymruBulkClient(host, port, timeout_s=1.0).lookup([A, B, C, D, E])
+    assert set(result.answers) == {A, B}
+    assert result.failed == {ip: "batch 1/1: timed out after 1.0 s" for ip in (C, D, E)}
+    assert result.batches_failed == 1
+
+
+def test_query_batch_carries_the_partial_answers_of_a_cut_reply_on_its_error() -> None:
+    with scripted_server(CUT_REPLY, "reset") as (host, port):
+        with pytest.raises(CymruError, match="connection reset by server") as raised:
+            CymruBulkClient(host, port, timeout_s=5).query_batch([A, B, C, D, E])
+    assert raised.value.partial is not None
+    assert set(raised.value.partial.answers) == {A, B}
+    assert raised.value.partial.unanswered == [C, D, E]
+
+
+def test_clean_close_after_an_unterminated_last_line_accepts_it_as_the_server_s_choice() -> None:
+    with scripted_server(CUT_REPLY, "close") as (host, port):
+        result = CymruBulkClient(host, port, timeout_s=5).lookup([A, B, C, D, E])
+    assert set(result.answers) == {A, B, C, D}
+    assert result.answers[D].primary.as_name == "EXAMP"
+    assert result.failed == {E: "no answer in reply"}
+    assert result.batches_failed == 0
+
+
+def test_an_independently_spelled_reply_is_understood() -> None:
+    # Another server's choices: ASN header, tabs, CRLF, lower-case na, a `|` and a non-UTF-8 byte in AS names,
+    # a duplicated line, a line for an IP nobody asked about and an expanded IPv6 echo.
+    reply = b"\r\n".join([
+        b"Bulk mode; whois.example.net [2026-01-01 00:00:00 +0000]",
+        b"ASN\t| IP\t| BGP Prefix\t| CC\t| Registry\t| Allocated\t| AS Name",
+        f"64500\t| {A}\t| 198.51.100.0/24\t| US\t| arin\t| 2001-01-01\t| ACME | WEST, US".encode(),
+        f"64500\t| {A}\t| 198.51.100.0/24\t| US\t| arin\t| 2001-01-01\t| ACME | WEST, US".encode(),
+        f"na\t| {B}\t| na\t| \t| other\t| \t| na".encode(),
+        b"64501\t| 2001:0db8:0000:0000:0000:0000:0000:0001\t| 2001:db8::/32\t| NL\t| ripencc\t| na"
+        b"\t| T\xc9L\xc9COM, NL",
+        b"64999\t| 8.8.8.8\t| 8.8.8.0/24\t| US\t| arin\t| 1992-12-01\t| UNASKED, US",
+        b"",
+    ])
+    with scripted_server(reply, "close") as (host, port):
+        client = CymruBulkClient(host, port, timeout_s=5)
+        parsed = client.query_batch([A, B, "2001:db8::1"])
+    assert (parsed.garbled_lines, parsed.error_lines, parsed.unanswered) == (0, 0, [])
+    assert parsed.answers[A].origins == (
+        CymruOrigin(64500, "198.51.100.0/24", "US", "arin", "2001-01-01", "ACME | WEST, US"),
+    )
+    assert parsed.answers[B].unrouted
+    assert parsed.answers["2001:db8::1"].origins == (
+        CymruOrigin(64501, "2001:db8::/32", "NL", "ripencc", None, "T\ufffdL\ufffdCOM, NL"),
+    )
+
+
+def test_reset_before_any_complete_data_line_fails_the_whole_batch(server: CymruStandinServer) -> None:
     server.set_fault("reset_mid_reply")
     ips = global_ips(200)
     result = client_for(server).lookup(ips)

@@ -91,13 +91,13 @@ def test_sql_looking_text_in_every_attacker_field_is_stored_verbatim_or_rejected
     tmp_path, db_url
 ):
     clean_ips = [f"45.77.1.{n}" for n in range(1, len(SQL_TEXTS) + 1)]
-    bad_registry_ip, bad_columns_ip = "45.77.2.1", "45.77.2.2"
+    bad_registry_ip, piped_name_ip = "45.77.2.1", "45.77.2.2"
     lines = [
         # Session ids and the fields Cowrie copies from the attacker (username, password, command) carry SQL.
         event(ip, text, NOON, username=text, password=text, input=text) for ip, text in zip(clean_ips, SQL_TEXTS)
     ]
     lines += [event(text, "s", NOON) for text in SQL_SRC_IPS]
-    lines += [event(bad_registry_ip, "r", NOON), event(bad_columns_ip, "c", NOON)]
+    lines += [event(bad_registry_ip, "r", NOON), event(piped_name_ip, "c", NOON)]
     write_day(tmp_path, DAY, lines)
     answers = {
         ip: [CymruOrigin(64500 + n, f"{ip}/32", "ZZ", "arin", "2001-01-01", text)]
@@ -105,8 +105,9 @@ def test_sql_looking_text_in_every_attacker_field_is_stored_verbatim_or_rejected
     }
     # A registry is validated like every other column: SQL there makes the line garbled, never stored.
     answers[bad_registry_ip] = [CymruOrigin(64600, f"{bad_registry_ip}/32", "ZZ", "arin'--", None, "EVIL")]
-    # A `|` in an AS name shifts the columns: the line no longer parses and the IP gets no answer.
-    answers[bad_columns_ip] = [CymruOrigin(64601, f"{bad_columns_ip}/32", "ZZ", "arin", None, "X | 1 | 2")]
+    # The AS name is the last, free-text column: `|` and SQL in it are stored verbatim, never parsed as columns.
+    piped_name = "X | 1 | 2'); DROP TABLE ip_inventory; --"
+    answers[piped_name_ip] = [CymruOrigin(64601, f"{piped_name_ip}/32", "ZZ", "arin", None, piped_name)]
     with FakeGreyNoise(GREYNOISE_KEY) as greynoise, CymruStandinServer(answers=answers) as cymru:
         for ip, text in zip(clean_ips, SQL_TEXTS):
             greynoise.script(ip, observed(classification=text[:32], name=text, message=text))
@@ -118,7 +119,7 @@ def test_sql_looking_text_in_every_attacker_field_is_stored_verbatim_or_rejected
     engine = make_engine(db_url)
     assert set(inspect_schema(engine).get_table_names()) >= set(Base.metadata.tables)
     rows = {row["ip_address"]: row for row in fetch_inventory(engine)}
-    assert set(rows) == {*clean_ips, bad_registry_ip, bad_columns_ip}  # no SQL-looking src_ip became a row
+    assert set(rows) == {*clean_ips, bad_registry_ip, piped_name_ip}  # no SQL-looking src_ip became a row
     assert sent_to_cymru == sorted(rows)
     (ingest,) = result.asset_materializations_for_node("cowrie_source_ips")
     assert ingest.metadata["invalid_src_ip"].value == len(SQL_SRC_IPS)
@@ -131,8 +132,9 @@ def test_sql_looking_text_in_every_attacker_field_is_stored_verbatim_or_rejected
         assert rows[ip]["enrichment"]["greynoise"]["message"] == text
         assert rows[ip]["greynoise_classification"] == text[:32].strip().lower()
     failed = {(row["ip_address"], row["source"]) for row in fetch_failures(engine)}
-    assert {(bad_registry_ip, "cymru"), (bad_columns_ip, "cymru")} <= failed
-    assert rows[bad_registry_ip]["current_asn"] is None and rows[bad_columns_ip]["current_asn"] is None
+    assert (bad_registry_ip, "cymru") in failed and (piped_name_ip, "cymru") not in failed
+    assert rows[bad_registry_ip]["current_asn"] is None
+    assert (rows[piped_name_ip]["current_asn"], rows[piped_name_ip]["asn_org"]) == (64601, piped_name)
     engine.dispose()
 
 

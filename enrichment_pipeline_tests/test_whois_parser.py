@@ -142,7 +142,7 @@ def test_empty_reply_answers_nothing() -> None:
         "23028   | 216.90.108.31    | 216.90.108.0/24     | US | arin     | 1998/09/25 | TEAMCYMRU - SAUNET, US",
         "23028   | 216.90.108.31    | 216.90.108.0/24     | US | arin     | 1998-09-25 | TEAM\x00CYMRU",
         "99999999999 | 216.90.108.31 | 216.90.108.0/24    | US | arin     | 1998-09-25 | TEAMCYMRU - SAUNET, US",
-        "23028   | 216.90.108.31    | 216.90.108.0/24     | US | arin     | 1998-09-25 | TEAMCYMRU | EXTRA",
+        "23028   | 216.90.108.31    | 216.90.108.0/24     | US | arin     | 1998-09-25 | TEAMCYMRU | EX\x07TRA",
     ],
 )
 def test_ip_with_any_garbled_line_is_unanswered_even_if_another_line_is_clean(garbled: str) -> None:
@@ -151,6 +151,77 @@ def test_ip_with_any_garbled_line_is_unanswered_even_if_another_line_is_clean(ga
         assert parsed.answers == {}
         assert parsed.unanswered == ["216.90.108.31"]
         assert parsed.garbled_lines == 1
+
+
+def test_a_pipe_in_the_as_name_belongs_to_the_name() -> None:
+    line = "23028 | 216.90.108.31 | 216.90.108.0/24 | US | arin | 1998-09-25 | ACME | SUB|NET, US"
+    parsed = parse_bulk_reply(reply(NEW_BANNER, HEADER, line), ["216.90.108.31"])
+    assert parsed.answers["216.90.108.31"].origins == (
+        CymruOrigin(23028, "216.90.108.0/24", "US", "arin", "1998-09-25", "ACME | SUB|NET, US"),
+    )
+    assert parsed.garbled_lines == 0
+
+
+def test_lower_case_na_is_unknown_in_every_column() -> None:
+    routed = "23028 | 216.90.108.31 | na | US | na | na | na"
+    unrouted = "na | 10.0.0.1 | na | | other | | na"
+    parsed = parse_bulk_reply(reply(NEW_BANNER, routed, unrouted), ["216.90.108.31", "10.0.0.1"])
+    assert parsed.answers["216.90.108.31"].origins == (CymruOrigin(23028, None, "US", None, None, None),)
+    assert parsed.answers["10.0.0.1"].unrouted
+    assert parsed.garbled_lines == 0
+
+
+def test_a_header_naming_its_as_column_asn_is_still_a_header() -> None:
+    header = "ASN | IP | BGP Prefix | CC | Registry | Allocated | AS Name"
+    parsed = parse_bulk_reply(reply(NEW_BANNER, header, SAUNET), ["216.90.108.31"])
+    assert parsed.answers["216.90.108.31"].asn == 23028
+    assert parsed.garbled_lines == 0
+
+
+def test_tabs_and_mixed_padding_parse_like_spaces() -> None:
+    line = "\t23028\t|\t216.90.108.31 \t| 216.90.108.0/24\t|US|\tarin | 1998-09-25\t|\tTEAMCYMRU - SAUNET, US\t"
+    parsed = parse_bulk_reply(reply(NEW_BANNER, line, newline="\r\n"), ["216.90.108.31"])
+    assert parsed.answers["216.90.108.31"].origins == (SAUNET_ORIGIN,)
+
+
+CLOUDFLARE_CUT = "13335   | 192.0.2.77       | 192.0.2.0/24        | US | arin     | 2010-07-14 | CLOUDFL"
+
+
+def test_unterminated_last_line_is_accepted_at_a_clean_end_but_dropped_from_a_cut_reply() -> None:
+    text = reply(NEW_BANNER, HEADER, PRIVATE, SAUNET) + CLOUDFLARE_CUT
+    requested = ["10.0.0.1", "216.90.108.31", "192.0.2.77"]
+    clean = parse_bulk_reply(text, requested)
+    assert set(clean.answers) == set(requested)
+    assert clean.answers["192.0.2.77"].primary.as_name == "CLOUDFL"  # the server's choice
+    cut = parse_bulk_reply(text, requested, cut=True)
+    assert "192.0.2.77" in cut.unanswered
+    assert cut.garbled_lines == 0
+
+
+def test_a_cut_reply_answers_ips_with_complete_lines_but_not_the_ip_of_the_last_one() -> None:
+    # The last complete line may be followed by a lost MOAS line for the same IP: a pick from it could differ.
+    requested = ["10.0.0.1", "216.90.108.31", "192.0.2.77", "198.51.100.9"]
+    for ending in (MOAS_LINES[1][:40], ""):  # cut inside a line, or exactly at a line end
+        text = reply(NEW_BANNER, HEADER, PRIVATE, SAUNET, MOAS_LINES[0]) + ending
+        parsed = parse_bulk_reply(text, requested, cut=True)
+        assert parsed.answers == {
+            "10.0.0.1": CymruAnswer("10.0.0.1", ()),
+            "216.90.108.31": CymruAnswer("216.90.108.31", (SAUNET_ORIGIN,)),
+        }
+        assert parsed.unanswered == ["192.0.2.77", "198.51.100.9"]
+
+
+def test_a_reply_cut_before_any_complete_data_line_answers_nothing() -> None:
+    parsed = parse_bulk_reply(NEW_BANNER + "\n" + HEADER + "\n" + SAUNET[:30], ["216.90.108.31"], cut=True)
+    assert parsed.answers == {}
+    assert parsed.unanswered == ["216.90.108.31"]
+
+
+def test_non_utf8_bytes_in_an_as_name_keep_the_answer() -> None:
+    raw = SAUNET.encode().replace(b"SAUNET", b"SA\xd3NET\xff")
+    parsed = parse_bulk_reply(raw.decode("utf-8", errors="replace"), ["216.90.108.31"])
+    origin = parsed.answers["216.90.108.31"].primary
+    assert origin is not None and origin.asn == 23028 and origin.as_name == "TEAMCYMRU - SA\ufffdNET\ufffd, US"
 
 
 def test_lines_fitting_nothing_are_counted_as_garbled_and_do_not_disturb_answers() -> None:

@@ -25,7 +25,6 @@ _COUNTRY = re.compile(r"[A-Za-z]{2}")
 _REGISTRY = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_UNKNOWN = ("", "NA")
 _REPLY_SLACK_BYTES = 64 * 1024
 NO_ANSWER = "no answer in reply"
 INVALID_IP = "invalid IP"
@@ -33,7 +32,22 @@ _CLOSED_EARLY = "server closed the connection without replying"
 
 
 class CymruError(Exception):
-    """A whole batch failed: the transport broke or the reply cannot be trusted."""
+    """A batch failed: the transport broke or the reply cannot be trusted.
+
+    `partial` holds what the complete lines of a reply cut short by a reset or timeout still answered.
+    """
+
+    def __init__(self, reason: str, partial: ParsedReply | None = None) -> None:
+        super().__init__(reason)
+        self.partial = partial
+
+
+class _ReplyCut(CymruError):
+    """A reset or timeout after `received` bytes of the reply had arrived."""
+
+    def __init__(self, reason: str, received: bytes) -> None:
+        super().__init__(reason)
+        self.received = received
 
 
 @dataclass(frozen=True)
@@ -110,12 +124,17 @@ class _GarbledRow(ValueError):
     """A data line whose IP column may be readable but whose other columns are not."""
 
 
+def _unknown(cell: str) -> bool:
+    # Servers differ in the case of "NA"; a lower-case "na" must not become a registry or an AS name.
+    return cell == "" or cell.upper() == "NA"
+
+
 def _optional(cell: str) -> str | None:
-    return None if cell in _UNKNOWN else cell
+    return None if _unknown(cell) else cell
 
 
 def _parse_prefix(cell: str, ip: str) -> str | None:
-    if cell in _UNKNOWN:
+    if _unknown(cell):
         return None
     try:
         network = ipaddress.ip_network(cell, strict=False)
@@ -159,16 +178,25 @@ def _parse_origin(cells: list[str], ip: str) -> CymruOrigin | None:
 
 
 def _is_header(cells: list[str]) -> bool:
-    return len(cells) >= 2 and cells[0].upper() == "AS" and cells[1].upper() == "IP"
+    # "IP" can never be the IP column of a data line, whatever a server calls its AS column ("AS", "ASN").
+    return len(cells) >= 2 and cells[0].upper().startswith("AS") and cells[1].upper() == "IP"
 
 
-def parse_bulk_reply(text: str, requested: Sequence[str]) -> ParsedReply:
+def parse_bulk_reply(text: str, requested: Sequence[str], *, cut: bool = False) -> ParsedReply:
     """Parse a verbose bulk reply, keyed by the IP column (reply order means nothing).
 
-    Tolerates either banner, a missing header, padding, CRLF, IPv6 in any textual form, MOAS rows and
-    trailing junk. An IP with any garbled data line is left unanswered rather than answered from its
-    other lines, so a mangled line can never produce a wrong ASN.
+    Tolerates either banner, a missing header, padding, CRLF, IPv6 in any textual form, MOAS rows, a `|` in
+    the AS name and trailing junk. An IP with any garbled data line is left unanswered rather than answered
+    from its other lines, so a mangled line can never produce a wrong ASN.
+
+    `cut` marks a reply that ended in a reset or timeout: its unterminated last line may be truncated (a cut
+    AS name still looks valid) and is dropped, and the IP of the last complete data line is left unanswered,
+    as servers answering in request order would have sent a further MOAS line for it next. Lines in another
+    order can still hide a MOAS origin of an answered IP; every origin kept is a real one, so that only risks
+    a different lowest-ASN pick until the next refresh, which beats failing every IP of the batch.
     """
+    if cut:
+        text = text[: text.rfind("\n") + 1]
     wanted: dict[str, None] = {}
     invalid: list[str] = []
     for value in requested:
@@ -180,7 +208,8 @@ def parse_bulk_reply(text: str, requested: Sequence[str]) -> ParsedReply:
 
     origins: dict[str, set[CymruOrigin]] = {}
     unrouted: set[str] = set()
-    garbled_ips: set[str] = set()
+    distrusted: set[str] = set()
+    last_ip: str | None = None
     error_lines = garbled_lines = 0
     for raw_line in text.split("\n"):
         line = raw_line.strip()
@@ -189,20 +218,21 @@ def parse_bulk_reply(text: str, requested: Sequence[str]) -> ParsedReply:
         if line.lower().startswith("error:"):
             error_lines += 1
             continue
-        cells = [cell.strip() for cell in line.split("|")]
+        # The AS name is the last, free-text column: any further `|` belongs to it.
+        cells = [cell.strip() for cell in line.split("|", _VERBOSE_COLUMNS - 1)]
         if _is_header(cells):
             continue
         ip = canonical_ip(cells[1]) if len(cells) >= 2 else None
         if ip is None:
             garbled_lines += 1
             continue
+        last_ip = ip
         try:
             origin = _parse_origin(cells, ip)
         except _GarbledRow as why:
             garbled_lines += 1
             log.debug("garbled Cymru line for %s (%s): %.200r", ip, why, line)
-            if ip in wanted:
-                garbled_ips.add(ip)
+            distrusted.add(ip)
             continue
         if ip not in wanted:
             continue
@@ -211,11 +241,13 @@ def parse_bulk_reply(text: str, requested: Sequence[str]) -> ParsedReply:
         else:
             origins.setdefault(ip, set()).add(origin)
 
+    if cut and last_ip is not None:
+        distrusted.add(last_ip)
     answers: dict[str, CymruAnswer] = {}
     unanswered: list[str] = []
     for ip in wanted:
         # Both an NA row and an AS row for one IP contradict each other: trust neither.
-        if ip in garbled_ips or (ip in unrouted and ip in origins) or (ip not in unrouted and ip not in origins):
+        if ip in distrusted or (ip in unrouted and ip in origins) or (ip not in unrouted and ip not in origins):
             unanswered.append(ip)
         else:
             answers[ip] = CymruAnswer(ip, tuple(sorted(origins.get(ip, ()), key=_origin_order)))
@@ -224,7 +256,8 @@ def parse_bulk_reply(text: str, requested: Sequence[str]) -> ParsedReply:
 
 @dataclass
 class BatchOutcome:
-    """How one batch (one TCP connection) went; `error` is set only when the whole batch failed."""
+    """How one batch (one TCP connection) went; `error` is set when the batch failed (its IPs without an
+    answer from the complete lines received before a reset or timeout fail with that reason)."""
 
     number: int
     total: int
@@ -279,10 +312,17 @@ class CymruBulkClient:
         self.max_reply_bytes_per_ip = max_reply_bytes_per_ip
 
     def query_batch(self, ips: Sequence[str]) -> ParsedReply:
-        """Send one bulk query on one connection; raise CymruError if the batch as a whole failed."""
+        """Send one bulk query on one connection; raise CymruError if the batch failed (with `partial` set if
+        complete lines arrived before a reset or timeout)."""
         query = build_bulk_query(ips)
         limit = self.max_reply_bytes_per_ip * len(ips) + _REPLY_SLACK_BYTES
-        reply = self._exchange(query, limit)
+        try:
+            reply = self._exchange(query, limit)
+        except _ReplyCut as failure:
+            # Complete lines that arrived before the reset or timeout are as good as those of a full reply.
+            text = failure.received.decode("utf-8", errors="replace")
+            partial = parse_bulk_reply(text, ips, cut=True) if "\n" in text else None
+            raise CymruError(str(failure), partial) from None
         if not reply:
             raise CymruError(_CLOSED_EARLY)
         parsed = parse_bulk_reply(reply.decode("utf-8", errors="replace"), ips)
@@ -313,13 +353,13 @@ class CymruBulkClient:
                         raise CymruError(f"reply exceeded {limit} bytes")
                     chunks.append(chunk)
         except TimeoutError:
-            raise CymruError(f"timed out after {float(self.timeout_s)} s") from None
+            raise _ReplyCut(f"timed out after {float(self.timeout_s)} s", b"".join(chunks)) from None
         except socket.gaierror as error:
             raise CymruError(f"cannot resolve {self.host}: {error.strerror}") from None
         except ConnectionRefusedError:
             raise CymruError(f"connection refused by {self.host}:{self.port}") from None
         except ConnectionResetError:
-            raise CymruError("connection reset by server") from None
+            raise _ReplyCut("connection reset by server", b"".join(chunks)) from None
         except OSError as error:
             # A server that hangs up while we still send makes send/shutdown fail with EPIPE or ENOTCONN.
             if isinstance(error, (BrokenPipeError, ConnectionAbortedError)) or error.errno == errno.ENOTCONN:
@@ -334,6 +374,7 @@ class CymruBulkClient:
             reply = self.query_batch(ips)
         except CymruError as failure:
             error = str(failure)
+            reply = failure.partial
         except Exception as failure:  # noqa: BLE001 - a bug must fail the batch, never lose its IPs
             log.exception("unexpected failure in Cymru batch %d/%d", number, total)
             error = f"unexpected error: {type(failure).__name__}"
@@ -375,14 +416,17 @@ class CymruBulkClient:
     @staticmethod
     def _merge(result: BulkLookupResult, outcome: BatchOutcome, reply: ParsedReply | None) -> None:
         result.batches.append(outcome)
-        if outcome.error is not None or reply is None:
-            log.warning("Cymru batch %d/%d failed: %s", outcome.number, outcome.total, outcome.error)
-            for ip in outcome.ips:
-                result.failed[ip] = f"batch {outcome.number}/{outcome.total}: {outcome.error}"
-            return
+        answers = reply.answers if reply is not None else {}
+        if outcome.error is not None:
+            log.warning(
+                "Cymru batch %d/%d failed: %s (%d IP(s) answered before it)",
+                outcome.number, outcome.total, outcome.error, len(answers),
+            )
         for ip in outcome.ips:
-            answer = reply.answers.get(ip)
-            if answer is None:
-                result.failed[ip] = NO_ANSWER
-            else:
+            answer = answers.get(ip)
+            if answer is not None:
                 result.answers[ip] = answer
+            elif outcome.error is not None:
+                result.failed[ip] = f"batch {outcome.number}/{outcome.total}: {outcome.error}"
+            else:
+                result.failed[ip] = NO_ANSWER

@@ -285,7 +285,8 @@ class CymruStandinServer:
             return
         reply = self._render(query, mode)
         if mode == "reset_mid_reply":
-            conn.sendall(reply[: max(1, len(reply) // 2)])
+            # Cut inside the first data line: none arrives complete, so the client must fail the whole batch.
+            conn.sendall(_cut_in_first_data_line(reply, head_lines=1 + query.wants_header()))
             self._stopping.wait(0.05)  # let the partial reply reach the client before the RST
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         elif mode == "drip":
@@ -331,6 +332,14 @@ class CymruStandinServer:
         if fault == "garbled":
             reply += _TRAILING_GARBAGE
         return reply
+
+
+def _cut_in_first_data_line(reply: bytes, head_lines: int) -> bytes:
+    start = 0
+    for _ in range(head_lines):
+        start = reply.index(b"\n", start) + 1
+    end = reply.find(b"\n", start)
+    return reply[: start + max(1, (end - start) // 2)]
 
 
 def _read_query_lines(conn: socket.socket) -> list[str] | None:
