@@ -3,12 +3,14 @@ budgets, give-up rules, the key kept secret; and the daily budget table on SQLit
 
 from __future__ import annotations
 
+import email.utils
+import json
 import logging
 import socket
 import threading
 import time
 from collections.abc import Iterator
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 
 import pandas as pd
 import pytest
@@ -159,6 +161,18 @@ def test_429_waits_for_retry_after_then_gets_the_answer(server):
     assert 3.0 in sleep.waits
 
 
+def test_429_retry_after_may_be_an_http_date_or_decimal_seconds(server):
+    in_30_s = email.utils.format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
+    server.script("8.8.8.8", status(429, {"message": "slow down"}, {"Retry-After": in_30_s}))
+    server.script("8.8.4.4", status(429, {"message": "slow down"}, {"Retry-After": "1.5"}))
+    sleep = RecordingSleep()
+    with client_for(server, sleep=sleep) as client:
+        result = client.lookup(["8.8.8.8", "8.8.4.4"])
+    assert set(result.answers) == {"8.8.8.8", "8.8.4.4"}
+    waits = [wait for wait in sleep.waits if wait >= 1]  # the pacer's own gaps are milliseconds
+    assert len(waits) == 2 and 25 <= waits[0] <= 31 and waits[1] == 1.5, sleep.waits
+
+
 def test_a_429_storm_backs_off_then_gives_up_on_every_remaining_ip_as_rate_limited(server):
     server.default = status(429, {"message": "rate limited"})
     sleep = RecordingSleep()
@@ -231,10 +245,10 @@ def test_replies_that_are_not_greynoise_answers_fail_and_are_never_cached(server
     server.script("1.0.0.2", status(404, {"detail": "Not Found"}))
     server.script("1.0.0.3", status(200, {"ip": "1.0.0.3", "message": "x" * 70_000}))
     server.script("1.0.0.4", status(403, {"message": "Forbidden"}))
-    with client_for(server, max_retries=0) as client:
-        result = client.lookup(["8.8.8.8", "8.8.4.4", "9.9.9.9", "1.1.1.1", "1.0.0.1", "1.0.0.2", "1.0.0.3", "1.0.0.4"])
-    assert result.answers == {}
-    assert result.failed == {
+    server.script("1.0.0.5", status(404, ""))  # an empty 404: a wrong URL as likely as GreyNoise
+    server.script("1.0.0.6", status(200, {"message": "ok", "status": "up"}))  # JSON naming no IP and no flag
+    server.script("1.0.0.7", status(200, "null"))
+    expected = {
         "8.8.8.8": INVALID_JSON,
         "8.8.4.4": UNEXPECTED_ANSWER,
         "9.9.9.9": UNEXPECTED_ANSWER,
@@ -243,7 +257,71 @@ def test_replies_that_are_not_greynoise_answers_fail_and_are_never_cached(server
         "1.0.0.2": UNEXPECTED_ANSWER,
         "1.0.0.3": OVERSIZED_REPLY,
         "1.0.0.4": "HTTP 403",
+        "1.0.0.5": "HTTP 404 without a GreyNoise answer",
+        "1.0.0.6": UNEXPECTED_ANSWER,
+        "1.0.0.7": UNEXPECTED_ANSWER,
     }
+    with client_for(server, max_retries=0) as client:
+        results = [client.lookup([ip]) for ip in expected]  # one pass each: five failures in a row stop a pass
+    assert [result.answers for result in results] == [{}] * len(expected)
+    assert {ip: reason for result in results for ip, reason in result.failed.items()} == expected
+
+
+def test_answers_tolerate_missing_null_and_extra_fields_any_classification_and_any_content_type(server):
+    server.script("8.8.8.8", status(200, {"ip": "8.8.8.8", "noise": True}))
+    server.script("8.8.4.4", status(200, {"ip": "8.8.4.4", "noise": True, "riot": None, "classification": None,
+                                          "name": None, "link": None, "last_seen": None, "message": None,
+                                          "tags": ["x"], "metadata": {"asn": "AS15169"}}))
+    server.script("9.9.9.9", observed("Suspicious", last_seen="2024-01-05T23:30:00-05:00"))
+    server.script("1.1.1.1", observed("benign", last_seen="2024-01-05T10:00:00Z"))
+    server.script("1.0.0.1", observed("malicious", last_seen="2024-13-45"))
+    server.script("1.0.0.2", status(200, {"noise": False, "riot": True, "name": "Cloudflare"}))  # no "ip"
+    server.script("1.0.0.3", status(404, {"ip": "1.0.0.3", "message": NOT_OBSERVED_MESSAGE}))  # no flags
+    server.script("1.0.0.4", status(404, {"noise": False, "riot": False, "message": NOT_OBSERVED_MESSAGE}))
+    server.script("1.0.0.5", status(200, json.dumps({"ip": "1.0.0.5", "noise": True, "riot": False})))  # text/html
+    ips = ["8.8.8.8", "8.8.4.4", "9.9.9.9", "1.1.1.1", "1.0.0.1", "1.0.0.2", "1.0.0.3", "1.0.0.4", "1.0.0.5"]
+    with client_for(server) as client:
+        result = client.lookup(ips)
+
+    assert result.failed == {} and set(result.answers) == set(ips)
+    answers = result.answers
+    assert answers["8.8.8.8"] == GreyNoiseAnswer("8.8.8.8", True, True, False, None, None, None, None, None)
+    assert answers["8.8.4.4"] == GreyNoiseAnswer("8.8.4.4", True, True, False, None, None, None, None, None)
+    assert (answers["9.9.9.9"].classification, answers["9.9.9.9"].last_seen) == ("suspicious", "2024-01-06")  # UTC
+    assert answers["1.1.1.1"].last_seen == "2024-01-05"
+    assert (answers["1.0.0.1"].classification, answers["1.0.0.1"].last_seen) == ("malicious", None)
+    assert (answers["1.0.0.2"].observed, answers["1.0.0.2"].riot, answers["1.0.0.2"].name) == (True, True, "Cloudflare")
+    for ip in ("1.0.0.3", "1.0.0.4"):
+        assert answers[ip] == GreyNoiseAnswer(ip, False, False, False, None, None, None, None, NOT_OBSERVED_MESSAGE)
+    assert answers["1.0.0.5"].noise is True
+
+
+def test_five_failed_ips_in_a_row_of_any_kind_stop_the_pass_and_an_answer_resets_the_count(server):
+    ips = [f"8.8.{i}.1" for i in range(8)]
+    with GreyNoiseClient(f"{server.url}/not/the/api", KEY, rate_per_s=1000, max_retries=0) as client:
+        wrong_url = client.lookup(ips)  # every answer is the server's HTML 404 page
+    assert len(server.requests) == 5
+    assert [wrong_url.failed[ip] for ip in ips] == ["HTTP 404 without a GreyNoise answer"] * 5 + [UNAVAILABLE] * 3
+
+    server.reset(default=status(403, {"message": "Forbidden"}))
+    server.script(ips[2], observed())
+    with client_for(server, max_retries=0) as client:
+        forbidden = client.lookup([*ips, "9.9.9.9"])
+    assert server.asked() == ips  # two 403s, an answer, then five 403s in a row stop the pass
+    assert set(forbidden.answers) == {ips[2]}
+    assert forbidden.failed == {**dict.fromkeys([*ips[:2], *ips[3:]], "HTTP 403"), "9.9.9.9": UNAVAILABLE}
+
+
+def test_a_redirect_is_not_followed_so_the_key_never_reaches_another_host(server):
+    with FakeGreyNoise(KEY) as elsewhere:
+        target = elsewhere.url.replace("127.0.0.1", "localhost")
+        server.script("8.8.8.8", status(302, "", {"Location": f"{target}/v3/community/8.8.8.8"}))
+        server.script("8.8.4.4", status(301, "", {"Location": "/v3/community/8.8.4.4/"}))
+        with client_for(server) as client:
+            result = client.lookup(["8.8.8.8", "8.8.4.4"])
+        assert elsewhere.requests == []
+    assert result.failed == {"8.8.8.8": "HTTP 302", "8.8.4.4": "HTTP 301"}  # kept for the retry list
+    assert server.asked() == ["8.8.8.8", "8.8.4.4"]
 
 
 def test_a_wrong_base_url_path_fails_instead_of_caching_not_observed(server):
@@ -330,11 +408,33 @@ def test_base_urls_must_be_http_without_query():
             GreyNoiseClient(bad, KEY)
 
 
+def test_base_urls_with_credentials_bad_ports_or_hidden_characters_are_refused_without_quoting_them():
+    bad_urls = (
+        f"https://api.greynoise.io/?key={KEY}",
+        f"https://api.greynoise.io/v3?#{KEY}",
+        f"https://user:{KEY}@api.greynoise.io",
+        f"https://{KEY}@api.greynoise.io",
+        f"http://evil.example\\@api.greynoise.io/{KEY}",
+        f"https://api.greynoise.io/{KEY}\nX-Injected: 1",  # urlsplit alone would silently drop the newline
+        f"https://api.greynoise.io/ {KEY}",
+        f"https://api.greynoise.io:{KEY}",
+        "https://api.greynoise.io:99999",
+        "http://:8080",
+    )
+    for bad in bad_urls:
+        with pytest.raises(ValueError) as raised:
+            GreyNoiseClient(bad, KEY)
+        assert "GREYNOISE_API_URL" in str(raised.value) and KEY not in str(raised.value), bad
+    assert GreyNoiseClient(" https://api.greynoise.io/ \n", KEY).base_url == "https://api.greynoise.io"
+    assert GreyNoiseClient("http://[::1]:8080/prefix/", KEY).base_url == "http://[::1]:8080/prefix"
+
+
 def test_skip_reason_accepts_only_canonical_global_ipv4():
     assert skip_reason("8.8.8.8") is None
     assert skip_reason("::ffff:8.8.8.8") == SKIP_NOT_IP  # callers pass canonical IPs; this is not one
     assert skip_reason("100.64.0.1") == SKIP_NOT_GLOBAL  # carrier-grade NAT
     assert skip_reason("2a00:1450:4001::1") == SKIP_IPV6
+    assert skip_reason(None) == SKIP_NOT_IP  # type: ignore[arg-type]  # a missing value in a frame: no crash
 
 
 def test_the_frame_has_one_typed_row_per_ip_and_answers_round_trip_to_the_inventory_object():

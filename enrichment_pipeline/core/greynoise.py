@@ -58,11 +58,15 @@ _TRANSPORT_BACKOFF_S = 0.5  # urllib3 backoff factor: 0, 1, 2, 4 s ... between t
 _TRANSPORT_BACKOFF_MAX_S = 8.0
 _RATE_LIMIT_BACKOFF_S = 2.0  # 429 without Retry-After: wait 2, 4, 8 s ... before asking again
 _MAX_RATE_LIMIT_WAIT_S = 60.0  # a longer Retry-After (a spent quota) ends the pass: the retry list waits instead
-_MAX_FAILURES_IN_ROW = 5  # transport failures in a row that mean GreyNoise is down: stop asking
+# Failed IPs in a row (transport errors, 5xx, 403, redirects, bodies that are not answers) that mean GreyNoise
+# is down or the base URL is wrong: stop asking instead of spending the day's budget on failures.
+_MAX_FAILURES_IN_ROW = 5
 _MAX_REPLY_BYTES = 64 * 1024  # a community answer is a few hundred bytes
 _HEADER_SAFE_KEY = re.compile(r"[\x21-\x7e]{1,256}")  # visible ASCII: a valid header value, nothing to escape
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _DATE_PREFIX = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_URL_UNSAFE = re.compile(r"[\x00-\x20\x7f\\@?#]")  # no spaces, backslash, credentials, query or fragment
+_SECONDS = re.compile(r"[0-9]{1,9}(\.[0-9]{1,6})?")
 _MAX_TEXT = 256
 
 
@@ -92,15 +96,24 @@ class GreyNoiseAnswer:
 
     @classmethod
     def from_json(cls, ip: str, payload: object, *, observed: bool) -> GreyNoiseAnswer | None:
-        """Validate a 200 (observed) or 404 (not observed) body; None if it is not a GreyNoise answer for `ip`."""
-        # Both documented bodies name the IP: anything else (a proxy's error page) is not an answer.
-        if not isinstance(payload, Mapping) or canonical_ip(payload.get("ip")) != ip:
+        """Validate a 200 (observed) or 404 (not observed) body; None if it is not a GreyNoise answer for `ip`.
+
+        Both documented bodies name the IP and carry the noise/riot flags. An object naming another IP, or
+        naming none and carrying neither flag (a proxy's or web framework's JSON error), is not an answer.
+        Every other field is optional: missing or null is None, and null flags are False.
+        """
+        if not isinstance(payload, Mapping):
             return None
-        noise, riot = payload.get("noise", False), payload.get("riot", False)
+        noise, riot = payload.get("noise"), payload.get("riot")
+        named = payload.get("ip")
+        if named is None and not isinstance(noise, bool) and not isinstance(riot, bool):
+            return None
+        if named is not None and canonical_ip(named) != ip:
+            return None
+        noise, riot = False if noise is None else noise, False if riot is None else riot
         if not isinstance(noise, bool) or not isinstance(riot, bool):
             return None
         classification = _text(payload.get("classification"), 32)
-        last_seen = _text(payload.get("last_seen"), 32)
         link = _text(payload.get("link"), 512)
         return cls(
             ip=ip,
@@ -111,7 +124,7 @@ class GreyNoiseAnswer:
             name=_text(payload.get("name"), _MAX_TEXT),
             # Shown as a link in the UI: only web links, never javascript: or data: URLs.
             link=link if link and link.startswith(("https://", "http://")) else None,
-            last_seen=last_seen if last_seen and _DATE_PREFIX.match(last_seen) else None,
+            last_seen=_utc_date(payload.get("last_seen")),
             message=_text(payload.get("message"), _MAX_TEXT),
         )
 
@@ -128,7 +141,7 @@ class GreyNoiseLookupResult:
 
 def skip_reason(ip: str) -> str | None:
     """Why the community API cannot know `ip` (IPv6, private, reserved...), or None if it can be asked."""
-    if canonical_ip(ip) != ip:
+    if not isinstance(ip, str) or canonical_ip(ip) != ip:
         return SKIP_NOT_IP
     if not is_ipv4(ip):
         return SKIP_IPV6
@@ -153,7 +166,6 @@ class _Skipped:
 @dataclass(frozen=True)
 class _Failed:
     reason: str
-    unreachable: bool = False  # a transport failure or 5xx: several in a row mean GreyNoise is down
 
 
 class _Pacer:
@@ -210,7 +222,8 @@ class GreyNoiseClient:
     """Looks IPv4 addresses up one at a time at a steady rate, within an optional request budget.
 
     Transport errors and 5xx are retried by urllib3 with backoff; 429 waits for Retry-After and, if the
-    server keeps refusing, the pass gives up on the remaining IPs instead of hammering. Not thread-safe.
+    server keeps refusing, the pass gives up on the remaining IPs instead of hammering; so it does after five
+    failed IPs in a row, whatever the failure. Every failed IP stays on the retry list. Not thread-safe.
     """
 
     def __init__(
@@ -278,8 +291,7 @@ class GreyNoiseClient:
                         result.skipped[ip] = outcome.reason
                     else:
                         result.failed[ip] = outcome.reason
-                    unreachable = isinstance(outcome, _Failed) and outcome.unreachable
-                    failures_in_row = failures_in_row + 1 if unreachable else 0
+                    failures_in_row = failures_in_row + 1 if isinstance(outcome, _Failed) else 0
                     stop_reason = _stop_reason(outcome, failures_in_row)
         finally:
             self._pacer.limit = None
@@ -312,10 +324,10 @@ class GreyNoiseClient:
             with self._session.get(url, timeout=self.timeout_s, allow_redirects=False, stream=True) as response:
                 return _Reply(response.status_code, response.headers.get("Retry-After"), _capped_body(response))
         except requests.Timeout:
-            return _Failed(TIMEOUT, unreachable=True)
+            return _Failed(TIMEOUT)
         except requests.RequestException as error:
             # Only fixed texts leave this client: exception messages can quote URLs, headers and peers.
-            return _Failed(TIMEOUT if _timed_out(error) else CONNECTION_ERROR, unreachable=True)
+            return _Failed(TIMEOUT if _timed_out(error) else CONNECTION_ERROR)
 
 
 def _stop_reason(outcome: GreyNoiseAnswer | _Skipped | _Failed, failures_in_row: int) -> str | None:
@@ -337,14 +349,17 @@ def _interpret(ip: str, reply: _Reply) -> GreyNoiseAnswer | _Skipped | _Failed:
     if reply.status in (200, 404):
         if reply.body is None:
             return _Failed(OVERSIZED_REPLY)
-        try:
+        try:  # whatever the Content-Type says: only the body decides
             payload = orjson.loads(reply.body)
         except orjson.JSONDecodeError:
-            # A 404 that is not JSON comes from a wrong URL, not from GreyNoise: never cache it as an answer.
+            # A 404 that is not JSON (an HTML page, an empty body) comes from a wrong base URL or a proxy, not
+            # from GreyNoise, whose 404 always names the IP: caching it as "not observed" would hide the IP
+            # for the whole TTL, while a failure is retried later and, five in a row, stops the pass.
             return _Failed(INVALID_JSON if reply.status == 200 else "HTTP 404 without a GreyNoise answer")
         answer = GreyNoiseAnswer.from_json(ip, payload, observed=reply.status == 200)
         return answer if answer is not None else _Failed(UNEXPECTED_ANSWER)
-    return _Failed(f"HTTP {reply.status}", unreachable=reply.status >= 500)
+    # 403, redirects (never followed: the key must not travel to another host), 5xx after urllib3's retries...
+    return _Failed(f"HTTP {reply.status}")
 
 
 def _keyed_session(key: str, pacer: _Pacer, max_retries: int) -> requests.Session:
@@ -367,9 +382,17 @@ def _keyed_session(key: str, pacer: _Pacer, max_retries: int) -> requests.Sessio
 
 
 def _checked_base_url(base_url: str) -> str:
-    parts = urlsplit(base_url.strip())
-    if parts.scheme not in ("https", "http") or not parts.netloc or parts.query or parts.fragment:
-        raise ValueError(f"GREYNOISE_API_URL must be an http(s) URL without query, got {base_url!r}")
+    # The message never quotes the URL: someone may have pasted the key into it (?key=..., user:key@).
+    problem = "GREYNOISE_API_URL must be an http(s) URL with a host and no credentials, query, spaces or backslashes"
+    text = base_url.strip()
+    parts = urlsplit(text)
+    try:
+        port_ok = parts.port != 0
+    except ValueError:  # not a number, or out of range
+        port_ok = False
+    # Checked on the text: urlsplit silently drops tabs and newlines, and splits "?" and "#" away.
+    if parts.scheme not in ("https", "http") or not parts.hostname or not port_ok or _URL_UNSAFE.search(text):
+        raise ValueError(problem)
     return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
 
 
@@ -398,7 +421,7 @@ def _retry_after_seconds(value: str | None) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isascii() and value.isdigit() and len(value) <= 9:
+    if _SECONDS.fullmatch(value):  # delay-seconds (an integer by the RFC; a decimal is read too)
         return float(value)
     try:
         moment = email.utils.parsedate_to_datetime(value)
@@ -407,6 +430,22 @@ def _retry_after_seconds(value: str | None) -> float | None:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return max(0.0, (moment - datetime.now(UTC)).total_seconds())
+
+
+def _utc_date(value: object) -> str | None:
+    """`last_seen` as the documented YYYY-MM-DD: a date, or a datetime taken as UTC; None when unreadable."""
+    text = _text(value, 64)
+    if text is None or not _DATE_PREFIX.match(text):
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+        return (moment.astimezone(UTC) if moment.tzinfo else moment).date().isoformat()
+    except (ValueError, OverflowError):
+        pass
+    try:  # "2018-05-07 10:00:00 UTC" and the like: the date part is enough
+        return date.fromisoformat(text[:10]).isoformat()
+    except ValueError:
+        return None
 
 
 def _text(value: object, limit: int) -> str | None:
