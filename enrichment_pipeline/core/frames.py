@@ -6,13 +6,14 @@ back into per-source enrichment objects for the inventory.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection, Iterable, Sequence
 
+import orjson
 import pandas as pd
 
 from enrichment_pipeline.core.cowrie_log import SourceIpActivity
 from enrichment_pipeline.core.freshness import ASN_BUILD_KEY, CITY_BUILD_KEY, MaxMindBuilds
+from enrichment_pipeline.core.gc_pause import cyclic_gc_paused
 from enrichment_pipeline.core.geoip import MaxMindRecord
 from enrichment_pipeline.core.greynoise import FAILED as GREYNOISE_FAILED
 from enrichment_pipeline.core.greynoise import greynoise_enrichment
@@ -96,7 +97,7 @@ def _answer_row(answer: CymruAnswer) -> dict:
     primary = answer.primary
     row = {"ip": answer.ip, "status": CYMRU_UNROUTED if answer.unrouted else CYMRU_ROUTED}
     row.update(_origin_dict(primary) if primary else {})
-    row["origins"] = json.dumps([_origin_dict(o) for o in answer.origins])
+    row["origins"] = orjson.dumps([_origin_dict(o) for o in answer.origins]).decode()
     return row
 
 
@@ -113,32 +114,56 @@ def _clean(value: object) -> object:
     return value.item() if hasattr(value, "item") else value
 
 
+def python_values(column: pd.Series) -> list:
+    """A column's values as plain Python objects (datetimes as `datetime`), None where missing.
+
+    Converted a column at a time: per-cell conversion (`to_dict`, `itertuples`, `pd.isna`) takes seconds at
+    100k rows, a whole column some milliseconds.
+    """
+    if isinstance(column.dtype, pd.DatetimeTZDtype):
+        missing = column.isna().to_numpy()
+        values = column.dt.to_pydatetime()
+        values[missing] = None
+        return values.tolist()
+    return column.to_numpy(dtype=object, na_value=None).tolist()
+
+
+def records(frame: pd.DataFrame) -> list[dict]:
+    """The rows of a frame as dicts of `python_values`."""
+    names = list(frame.columns)
+    columns = [python_values(frame[name]) for name in names]
+    return [dict(zip(names, values)) for values in zip(*columns)]
+
+
+@cyclic_gc_paused()  # 100k rows of new objects: see core.gc_pause
 def day_activity(sources: pd.DataFrame) -> list[DayActivity]:
     return [
         DayActivity(
-            ip=row.ip,
-            session_count=int(row.session_count),
-            event_count=int(row.event_count),
-            first_seen=None if pd.isna(row.first_seen) else row.first_seen.to_pydatetime(),
-            last_seen=None if pd.isna(row.last_seen) else row.last_seen.to_pydatetime(),
+            ip=row["ip"],
+            session_count=row["session_count"],
+            event_count=row["event_count"],
+            first_seen=row["first_seen"],
+            last_seen=row["last_seen"],
         )
-        for row in sources.itertuples(index=False)
+        for row in records(sources[list(SOURCE_COLUMNS)])
     ]
 
 
+# Both take a row of `records`: its values are plain Python already.
 def maxmind_enrichment(row: dict) -> dict:
-    return {column: _clean(row[column]) for column in MAXMIND_COLUMNS if column != "ip"}
+    return {column: row[column] for column in MAXMIND_COLUMNS if column != "ip"}
 
 
 def cymru_enrichment(row: dict) -> dict | None:
     """The inventory's `enrichment.cymru` object, or None for a failed lookup (keep what is stored)."""
     if row["status"] == CYMRU_FAILED:
         return None
-    enrichment = {column: _clean(row[column]) for column in CYMRU_COLUMNS if column not in ("ip", "origins", "error")}
-    enrichment["origins"] = json.loads(row["origins"])
+    enrichment = {column: row[column] for column in CYMRU_COLUMNS if column not in ("ip", "origins", "error")}
+    enrichment["origins"] = orjson.loads(row["origins"])
     return enrichment
 
 
+@cyclic_gc_paused()
 def source_updates(
     maxmind: pd.DataFrame,
     cymru: pd.DataFrame,
@@ -148,11 +173,11 @@ def source_updates(
 ) -> list[SourceUpdate]:
     """The new answers per IP: MaxMind unless its stored answer is still fresh, Cymru and GreyNoise where
     they answered. IPs with nothing new get no update."""
-    cymru_by_ip = {row["ip"]: cymru_enrichment(row) for row in cymru.to_dict("records")}
-    greynoise_rows = [] if greynoise is None else greynoise.to_dict("records")
+    cymru_by_ip = {row["ip"]: cymru_enrichment(row) for row in records(cymru)}
+    greynoise_rows = [] if greynoise is None else records(greynoise)
     greynoise_by_ip = {row["ip"]: greynoise_enrichment(row) for row in greynoise_rows}
     updates = []
-    for row in maxmind.to_dict("records"):
+    for row in records(maxmind):
         ip = row["ip"]
         update = SourceUpdate(
             ip=ip,
@@ -174,11 +199,11 @@ def lookup_failures(cymru: pd.DataFrame, greynoise: pd.DataFrame | None = None) 
 
 
 def _rows(frame: pd.DataFrame, status: str) -> list[dict]:
-    return frame.loc[frame["status"] == status].to_dict("records")
+    return records(frame.loc[frame["status"] == status])
 
 
 def _error_text(row: dict) -> str:
-    error = _clean(row.get("error"))
+    error = row.get("error")
     return str(error) if error else "lookup failed"
 
 
