@@ -2,7 +2,6 @@
 every ingested IP is in the inventory, enough of the day's IPs have an ASN, no Cymru batch or GreyNoise
 lookup failed."""
 
-import os
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -28,9 +27,9 @@ from enrichment_pipeline.core.greynoise import FAILED as GREYNOISE_FAILED
 from enrichment_pipeline.core.inventory import DAILY_ACTIVITY, INVENTORY
 from enrichment_pipeline.partitions import ingest_days
 from enrichment_pipeline.resources import InventoryDatabase
+from enrichment_pipeline.settings import setting
 
 ASN_COVERAGE_ENV = "ASN_COVERAGE_MIN"
-DEFAULT_ASN_COVERAGE_MIN = 0.9
 SAMPLE_SIZE = 10  # IPs or errors listed in a check's metadata
 # A check only reads; a retry helps against a database that is briefly busy or unreachable.
 READ_RETRY = RetryPolicy(max_retries=2, delay=5, backoff=Backoff.EXPONENTIAL)
@@ -40,7 +39,7 @@ warnings.filterwarnings("ignore", message="Specifying a partitions_def on an Ass
 
 def asn_coverage_min() -> float:
     """ASN_COVERAGE_MIN: the share (0..1) of a day's IPs that should have an ASN; below it the check warns."""
-    raw = os.environ.get(ASN_COVERAGE_ENV) or str(DEFAULT_ASN_COVERAGE_MIN)
+    raw = setting(ASN_COVERAGE_ENV)
     try:
         value = float(raw)
     except ValueError:

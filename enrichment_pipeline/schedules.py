@@ -1,7 +1,6 @@
 """The daily schedule: after each ingest day has ended, materialize it through the whole graph (`enrich_day`).
 It fires on a cron expression in a configurable timezone and skips a day the log sensor already covers."""
 
-import os
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -22,14 +21,13 @@ from dagster import (
 
 from enrichment_pipeline.assets import merged_inventory
 from enrichment_pipeline.partitions import ingest_days
+from enrichment_pipeline.settings import setting
 
 if TYPE_CHECKING:  # what define_asset_job returns; not exported by dagster
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 SCHEDULE_NAME = "enrich_day_schedule"
 CRON_ENV, TIMEZONE_ENV = "ENRICHMENT_SCHEDULE_CRON", "ENRICHMENT_SCHEDULE_TZ"
-DEFAULT_CRON = "30 0 * * *"  # 00:30: Cowrie rotated yesterday's log at midnight
-DEFAULT_TIMEZONE = "UTC"
 DAY_DONE_ASSET = merged_inventory.key  # its materialization means "this day is in the inventory"
 _UNFINISHED = [
     DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED
@@ -38,7 +36,7 @@ _UNFINISHED = [
 
 def schedule_timezone() -> str:
     """ENRICHMENT_SCHEDULE_TZ (an IANA name such as Europe/Berlin), default UTC; a bad name fails at load time."""
-    name = os.environ.get(TIMEZONE_ENV) or DEFAULT_TIMEZONE
+    name = setting(TIMEZONE_ENV)
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
@@ -48,7 +46,7 @@ def schedule_timezone() -> str:
 
 def schedule_cron() -> str:
     """ENRICHMENT_SCHEDULE_CRON, default 00:30 every day (Dagster validates the expression)."""
-    return os.environ.get(CRON_ENV) or DEFAULT_CRON
+    return setting(CRON_ENV)
 
 
 def newest_ended_day(tick: datetime) -> str | None:

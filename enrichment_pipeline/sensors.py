@@ -32,13 +32,13 @@ from dagster import (
 
 from enrichment_pipeline.partitions import ingest_days
 from enrichment_pipeline.resources import CowrieLogDirectory
+from enrichment_pipeline.settings import setting
 
 if TYPE_CHECKING:  # what define_asset_job returns; not exported by dagster
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 SENSOR_NAME = "cowrie_log_sensor"
 INTERVAL_ENV = "COWRIE_SENSOR_INTERVAL_S"
-DEFAULT_INTERVAL_S = 60
 # Only Cowrie's rotation names; the live `cowrie.json`, temp files and anything else never match.
 ROTATED_NAME = re.compile(r"cowrie\.json\.(\d{4}-\d{2}-\d{2})(\.gz)?", re.ASCII)
 SETTLE_NS = 60 * 10**9  # a file modified in the last minute may still be being written or copied: wait
@@ -154,7 +154,7 @@ def plan_requests(
 
 def sensor_interval_s() -> int:
     """COWRIE_SENSOR_INTERVAL_S: seconds between evaluations at least (default 60); must be a positive integer."""
-    raw = os.environ.get(INTERVAL_ENV) or str(DEFAULT_INTERVAL_S)
+    raw = setting(INTERVAL_ENV)
     if not raw.isdigit() or int(raw) < 1:
         raise ValueError(f"Environment variable {INTERVAL_ENV} must be a positive integer (seconds), got {raw!r}")
     return int(raw)

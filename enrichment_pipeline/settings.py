@@ -37,6 +37,10 @@ DEFAULTS: dict[str, str] = {
     "REFRESH_SCHEDULE": "0 */6 * * *",  # cron, UTC: the stale-refresh job
     "REFRESH_MAX_IPS": "10000",  # IPs one refresh run re-enriches at most
     "REFRESH_CHUNK_SIZE": "1000",  # IPs enriched and written per transaction
+    "ENRICHMENT_SCHEDULE_CRON": "30 0 * * *",  # 00:30: Cowrie rotated yesterday's log at midnight
+    "ENRICHMENT_SCHEDULE_TZ": "UTC",  # IANA name the cron is read in
+    "COWRIE_SENSOR_INTERVAL_S": "60",  # seconds between evaluations of the rotated-log sensor, at least
+    "ASN_COVERAGE_MIN": "0.9",  # share of a day's IPs that should have an ASN; below it a check warns
 }
 
 
