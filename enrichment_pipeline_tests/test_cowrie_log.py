@@ -157,6 +157,21 @@ def test_gzip_is_detected_by_magic_bytes_without_the_suffix(tmp_path: pathlib.Pa
     assert [source.ip for source in read_day_log(path).sources] == ["5.6.7.8"]
 
 
+@pytest.mark.parametrize("name", ["cowrie.json.2018-05-07", "cowrie.json.2018-05-07.gz"])
+def test_a_byte_order_mark_before_the_first_line_is_skipped_not_a_bad_line(tmp_path: pathlib.Path, name: str) -> None:
+    content = b"\xef\xbb\xbf" + line(event(src_ip="5.6.7.8")) + line(event(src_ip="5.6.7.9"))
+    day_log = read_day_log(write_log(tmp_path, content, name))
+    assert [source.ip for source in day_log.sources] == ["5.6.7.8", "5.6.7.9"]
+    assert (day_log.stats.lines, day_log.stats.events, day_log.stats.bad_json) == (2, 2, 0)
+
+
+def test_a_byte_order_mark_later_in_the_file_is_not_skipped(tmp_path: pathlib.Path) -> None:
+    content = line(event(src_ip="5.6.7.8")) + b"\xef\xbb\xbf" + line(event(src_ip="5.6.7.9"))
+    day_log = read_day_log(write_log(tmp_path, content))
+    assert [source.ip for source in day_log.sources] == ["5.6.7.8"]
+    assert day_log.stats.bad_json == 1
+
+
 def test_empty_file_gives_no_sources_and_no_error(tmp_path: pathlib.Path) -> None:
     for path in (write_log(tmp_path, b""), write_log(tmp_path, b"", "cowrie.json.2018-05-07.gz")):
         day_log = read_day_log(path)

@@ -33,6 +33,7 @@ LOG_DIR_ENV_VAR = "COWRIE_LOG_DIR"
 _log = logging.getLogger(__name__)
 
 _GZIP_MAGIC = b"\x1f\x8b"
+_UTF8_BOM = b"\xef\xbb\xbf"
 _NEWLINE = ord("\n")
 # Blocks of 64 KiB: large enough that per-block costs vanish, small enough that a block's decoded events
 # stay in the CPU cache while they are tallied (1 MiB blocks read ~25% slower here) and a damaged block,
@@ -133,10 +134,19 @@ def _opened_log(path: pathlib.Path) -> Iterator[BinaryIO]:
         except OSError as error:
             raise CowrieLogError(f"cannot read Cowrie log {path}: {error}") from error
         if not is_gzip:
-            yield raw
+            yield _without_bom(raw)
             return
         with gzip.GzipFile(fileobj=raw, mode="rb") as unzipped:
-            yield io.BufferedReader(_ChunkSource(unzipped), _BLOCK_BYTES)  # type: ignore[arg-type]
+            yield _without_bom(io.BufferedReader(_ChunkSource(unzipped), _BLOCK_BYTES))  # type: ignore[arg-type]
+
+
+def _without_bom(stream: io.BufferedReader) -> io.BufferedReader:
+    """The stream past a UTF-8 byte order mark (a log that went through an editor or a Windows tool has
+    one), which would otherwise make the first event a bad line. Read errors surface in the reader."""
+    with contextlib.suppress(*_READ_ERRORS):
+        if stream.peek(len(_UTF8_BOM))[: len(_UTF8_BOM)] == _UTF8_BOM:
+            stream.read(len(_UTF8_BOM))
+    return stream
 
 
 class _ChunkSource(io.RawIOBase):
