@@ -4,8 +4,6 @@ Cymru stand-in, a real SQLite inventory): good lines always land, bad ones are c
 from __future__ import annotations
 
 import datetime
-import gzip
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +35,6 @@ GOOD_DAY = datetime.date(2018, 5, 2)
 NOON = datetime.datetime(2018, 5, 3, 12, 0, tzinfo=UTC)
 SMUGGLER = "1.2.3.4\nend\nbegin\n8.8.8.8"
 MAX_LINE_BYTES = 16 * 1024 * 1024  # read_day_log's default limit, which the ingest asset uses
-
-
-@pytest.fixture
-def standin() -> Iterator[CymruStandinServer]:
-    with CymruStandinServer() as server:
-        yield server
 
 
 @pytest.fixture

@@ -17,16 +17,9 @@ from enrichment_pipeline.checks import (
 from enrichment_pipeline.core.inventory import DAILY_ACTIVITY, INVENTORY, DayActivity, SourceUpdate, upsert_day
 from enrichment_pipeline.definitions import defs
 from enrichment_pipeline.resources import CowrieLogDirectory, CymruResource, GeoIpResource, InventoryDatabase
-from enrichment_pipeline.standins.cymru_server import CymruStandinServer
-from enrichment_pipeline_tests.test_graph_materialization import distinct_valid_ips
+from enrichment_pipeline_tests.support.expected_ips import distinct_valid_ips
 
 DAY = "2018-05-07"  # 36 distinct source IPs, all globally routable: the stand-in routes every one
-
-
-@pytest.fixture
-def standin():
-    with CymruStandinServer() as server:
-        yield server
 
 
 @pytest.fixture

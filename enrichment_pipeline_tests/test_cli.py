@@ -7,7 +7,7 @@ import io
 import os
 import subprocess
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -16,8 +16,8 @@ from enrichment_pipeline.cli import main
 from enrichment_pipeline.core import freshness
 from enrichment_pipeline.core.inventory import create_schema, fetch_failures, fetch_inventory, make_engine
 from enrichment_pipeline.core.geoip import GeoIpLookup
-from enrichment_pipeline_tests.test_refresh import ALL, GLOBAL_V4, KEY, T0, WITH_ASN, WITHOUT_ASN, seed, sent
-from enrichment_pipeline_tests.test_refresh import geoip, greynoise, greynoise_server, standin  # noqa: F401
+from enrichment_pipeline_tests.support.cymru_standin import sent
+from enrichment_pipeline_tests.support.refresh_inventory import ALL, GLOBAL_V4, KEY, T0, WITH_ASN, WITHOUT_ASN, seed
 
 LATER = T0 + timedelta(days=31)
 
@@ -132,32 +132,32 @@ def test_installed_console_script_runs_a_dry_run(env):
 
 
 def test_with_a_greynoise_key_stale_global_ipv4_is_asked_and_the_key_is_never_shown(
-    env, geoip, standin, greynoise, monkeypatch, capsys, caplog
+    env, geoip, standin, refresh_greynoise, monkeypatch, capsys, caplog
 ):
     seed(make_engine(env), geoip, T0, GLOBAL_V4)
     monkeypatch.setenv("GREYNOISE_API_KEY", KEY)
-    monkeypatch.setenv("GREYNOISE_API_URL", greynoise.url)
+    monkeypatch.setenv("GREYNOISE_API_URL", refresh_greynoise.url)
     monkeypatch.setenv("GREYNOISE_RATE_PER_S", "1000")
     monkeypatch.setattr(freshness, "utc_now", lambda: T0 + timedelta(hours=1))  # only GreyNoise is stale
 
     code, dry = run("refresh", "--ips", "10", "--dry-run")
-    assert greynoise.requests == []
+    assert refresh_greynoise.requests == []
     assert sorted(dry.splitlines()[1:]) == sorted(f"{ip}: greynoise" for ip in GLOBAL_V4)
 
     code, output = run("refresh", "--ips", "10", "-v")
 
     assert code == 0
-    assert sorted(greynoise.asked()) == sorted(GLOBAL_V4) and standin.requests == []
-    assert {seen.key for seen in greynoise.requests} == {KEY}
+    assert sorted(refresh_greynoise.asked()) == sorted(GLOBAL_V4) and standin.requests == []
+    assert {seen.key for seen in refresh_greynoise.requests} == {KEY}
     assert all("greynoise=" in line and "greynoise=-" not in line for line in output.splitlines() if line.startswith(GLOBAL_V4[0]))
     captured = capsys.readouterr()
     assert all(KEY not in text for text in (dry, output, captured.out, captured.err, caplog.text))
 
 
-def test_a_rejected_greynoise_key_exits_1_with_a_clear_message(env, geoip, greynoise, monkeypatch, capsys):
+def test_a_rejected_greynoise_key_exits_1_with_a_clear_message(env, geoip, refresh_greynoise, monkeypatch, capsys):
     seed(make_engine(env), geoip, T0, GLOBAL_V4)
     monkeypatch.setenv("GREYNOISE_API_KEY", "wrong-key-1234")
-    monkeypatch.setenv("GREYNOISE_API_URL", greynoise.url)
+    monkeypatch.setenv("GREYNOISE_API_URL", refresh_greynoise.url)
     monkeypatch.setenv("GREYNOISE_RATE_PER_S", "1000")
 
     code, _ = run("refresh", "--ip", GLOBAL_V4[0])

@@ -24,14 +24,8 @@ from enrichment_pipeline.core.inventory import (
 )
 from enrichment_pipeline.core.greynoise import skip_reason
 from enrichment_pipeline_tests.support.greynoise_server import status
-from enrichment_pipeline_tests.test_graph_materialization import (  # noqa: F401 - fixtures
-    asn_db,
-    distinct_valid_ips,
-    greynoise,
-    keyed_greynoise,
-    run_day,
-    standin,
-)
+from enrichment_pipeline_tests.support.expected_ips import distinct_valid_ips
+from enrichment_pipeline_tests.support.graph_run import keyed_greynoise, run_day
 
 DAY = date(2018, 5, 6)
 NOW = datetime(2018, 5, 7, 2, 0, tzinfo=UTC)
@@ -136,16 +130,18 @@ def test_long_or_hostile_error_text_is_stored_verbatim_but_cut_short(engine: Eng
     assert row["error"] == hostile[:500]
 
 
-def test_failed_batch_then_recovery_through_real_materializations(tmp_path, sample_log_dir, standin, asn_db):
+def test_failed_batch_then_recovery_through_real_materializations(
+    tmp_path, sample_log_dir, standin, asn_db_covering_one_ip
+):
     """A dead Cymru batch fails its IPs onto the retry list; the next run retries exactly them and clears it."""
     db_url = f"sqlite:///{tmp_path / 'inventory.sqlite'}"
     day = "2018-05-06"
-    asked = distinct_valid_ips(sample_log_dir / f"cowrie.json.{day}") - asn_db[1]
+    asked = distinct_valid_ips(sample_log_dir / f"cowrie.json.{day}") - asn_db_covering_one_ip[1]
     doomed = sorted(asked)[:10]  # the first batch of 10
     standin.set_fault("close_immediately", trigger_ips=doomed[:1])
 
     with DagsterInstance.ephemeral() as instance:
-        meta = run_day(day, sample_log_dir, db_url, standin.address[1], asn_db[0], instance)
+        meta = run_day(day, sample_log_dir, db_url, standin.address[1], asn_db_covering_one_ip[0], instance)
         engine = make_engine(db_url)
         failed = failures_by_pair(engine)
         assert meta["merged_inventory"]["failures_recorded"].value == len(failed) == 10
@@ -157,7 +153,7 @@ def test_failed_batch_then_recovery_through_real_materializations(tmp_path, samp
 
         standin.set_fault(None)
         sent = len(standin.requests)
-        meta = run_day(day, sample_log_dir, db_url, standin.address[1], asn_db[0], instance)
+        meta = run_day(day, sample_log_dir, db_url, standin.address[1], asn_db_covering_one_ip[0], instance)
 
     assert sorted(ip for request in standin.requests[sent:] for ip in request) == doomed
     assert meta["ips_needing_cymru"]["skipped_fresh"].value == len(asked) - 10
@@ -167,27 +163,33 @@ def test_failed_batch_then_recovery_through_real_materializations(tmp_path, samp
 
 
 def test_failed_greynoise_lookup_is_kept_and_retried_by_the_next_run(
-    tmp_path, sample_log_dir, standin, asn_db, greynoise
+    tmp_path, sample_log_dir, standin, asn_db_covering_one_ip, graph_greynoise
 ):
     db_url = f"sqlite:///{tmp_path / 'inventory.sqlite'}"
     day = "2018-05-06"
     askable = sorted(ip for ip in distinct_valid_ips(sample_log_dir / f"cowrie.json.{day}") if skip_reason(ip) is None)
     unlucky = askable[:2]
     for ip in unlucky:
-        greynoise.script(ip, status(503))
+        graph_greynoise.script(ip, status(503))
 
     with DagsterInstance.ephemeral() as instance:
-        meta = run_day(day, sample_log_dir, db_url, standin.address[1], asn_db[0], instance, keyed_greynoise(greynoise))
+        meta = run_day(
+            day, sample_log_dir, db_url, standin.address[1], asn_db_covering_one_ip[0], instance,
+            keyed_greynoise(graph_greynoise),
+        )
         engine = make_engine(db_url)
         failed = failures_by_pair(engine)
         assert set(failed) == {(ip, "greynoise") for ip in unlucky}
         assert all(row["error"] == "HTTP 503" and row["attempts"] == 1 for row in failed.values())
         assert meta["merged_inventory"]["failures_recorded"].value == 2
 
-        asked_before = len(greynoise.requests)
-        meta = run_day(day, sample_log_dir, db_url, standin.address[1], asn_db[0], instance, keyed_greynoise(greynoise))
+        asked_before = len(graph_greynoise.requests)
+        meta = run_day(
+            day, sample_log_dir, db_url, standin.address[1], asn_db_covering_one_ip[0], instance,
+            keyed_greynoise(graph_greynoise),
+        )
 
-    assert sorted(greynoise.asked()[asked_before:]) == unlucky  # only the failed ones, now answered
+    assert sorted(graph_greynoise.asked()[asked_before:]) == unlucky  # only the failed ones, now answered
     assert meta["merged_inventory"]["failures_cleared"].value == 2
     assert fetch_failures(engine) == []
     assert all(row["greynoise_noise"] is True for row in fetch_inventory(engine, unlucky))

@@ -32,14 +32,8 @@ from enrichment_pipeline.core.inventory import (
 )
 from enrichment_pipeline.core.geoip import GeoIpLookup
 from enrichment_pipeline.core.greynoise import skip_reason
-from enrichment_pipeline_tests.test_graph_materialization import (  # noqa: F401 - fixtures
-    asn_db,
-    distinct_valid_ips,
-    greynoise,
-    keyed_greynoise,
-    run_day,
-    standin,
-)
+from enrichment_pipeline_tests.support.expected_ips import distinct_valid_ips
+from enrichment_pipeline_tests.support.graph_run import keyed_greynoise, run_day
 
 NOW = datetime(2018, 5, 9, 3, 0, tzinfo=UTC)
 DAY = date(2018, 5, 8)
@@ -192,28 +186,28 @@ def cymru_ips(standin, since: int = 0) -> list[str]:
 
 
 def test_two_days_sharing_ips_ask_cymru_only_for_new_ips_and_repeats_ask_nothing(
-    tmp_path, sample_log_dir, standin, asn_db
+    tmp_path, sample_log_dir, standin, asn_db_covering_one_ip
 ):
     db_url = f"sqlite:///{tmp_path / 'inventory.sqlite'}"
     day1, day2 = "2018-05-06", "2018-05-07"
     ips1 = distinct_valid_ips(sample_log_dir / f"cowrie.json.{day1}")
     ips2 = distinct_valid_ips(sample_log_dir / f"cowrie.json.{day2}")
-    covered = asn_db[1]  # MaxMind gives these an ASN: never sent to Cymru
+    covered = asn_db_covering_one_ip[1]  # MaxMind gives these an ASN: never sent to Cymru
     assert ips1 & ips2 - covered, "the sample days must share IPs for this test to mean anything"
 
     with DagsterInstance.ephemeral() as instance:
-        run_day(day1, sample_log_dir, db_url, standin.address[1], asn_db[0], instance)
+        run_day(day1, sample_log_dir, db_url, standin.address[1], asn_db_covering_one_ip[0], instance)
         after_day1 = len(standin.requests)
         assert cymru_ips(standin) == sorted(ips1 - covered)
 
-        meta = run_day(day2, sample_log_dir, db_url, standin.address[1], asn_db[0], instance)
+        meta = run_day(day2, sample_log_dir, db_url, standin.address[1], asn_db_covering_one_ip[0], instance)
         assert cymru_ips(standin, after_day1) == sorted(ips2 - ips1 - covered)
         assert meta["ips_needing_cymru"]["skipped_fresh"].value == len(ips1 & ips2 - covered)
 
         before_repeats = len(standin.requests)
         stamps = {row["ip_address"]: row["maxmind_updated_at"] for row in fetch_inventory(make_engine(db_url))}
-        repeat1 = run_day(day1, sample_log_dir, db_url, standin.address[1], asn_db[0], instance)
-        repeat2 = run_day(day2, sample_log_dir, db_url, standin.address[1], asn_db[0], instance)
+        repeat1 = run_day(day1, sample_log_dir, db_url, standin.address[1], asn_db_covering_one_ip[0], instance)
+        repeat2 = run_day(day2, sample_log_dir, db_url, standin.address[1], asn_db_covering_one_ip[0], instance)
     assert standin.requests[before_repeats:] == []  # the stand-in's own log: not one connection
     assert repeat1["cymru_bulk_results"]["batches"].value == 0
     assert repeat2["ips_needing_cymru"]["skipped_fresh"].value == len(ips2 - covered)
@@ -223,7 +217,7 @@ def test_two_days_sharing_ips_ask_cymru_only_for_new_ips_and_repeats_ask_nothing
 
 
 def test_with_greynoise_a_repeated_day_makes_zero_cymru_and_zero_greynoise_calls(
-    tmp_path, sample_log_dir, standin, asn_db, greynoise
+    tmp_path, sample_log_dir, standin, asn_db_covering_one_ip, graph_greynoise
 ):
     db_url = f"sqlite:///{tmp_path / 'inventory.sqlite'}"
     day = "2018-05-06"
@@ -231,12 +225,18 @@ def test_with_greynoise_a_repeated_day_makes_zero_cymru_and_zero_greynoise_calls
     askable = sorted(ip for ip in ips if skip_reason(ip) is None)
 
     with DagsterInstance.ephemeral() as instance:
-        first = run_day(day, sample_log_dir, db_url, standin.address[1], asn_db[0], instance, keyed_greynoise(greynoise))
-        cymru_sent, greynoise_sent = len(standin.requests), len(greynoise.requests)
-        repeat = run_day(day, sample_log_dir, db_url, standin.address[1], asn_db[0], instance, keyed_greynoise(greynoise))
+        first = run_day(
+            day, sample_log_dir, db_url, standin.address[1], asn_db_covering_one_ip[0], instance,
+            keyed_greynoise(graph_greynoise),
+        )
+        cymru_sent, greynoise_sent = len(standin.requests), len(graph_greynoise.requests)
+        repeat = run_day(
+            day, sample_log_dir, db_url, standin.address[1], asn_db_covering_one_ip[0], instance,
+            keyed_greynoise(graph_greynoise),
+        )
 
-    assert sorted(greynoise.asked()[:greynoise_sent]) == askable and cymru_sent > 0
-    assert standin.requests[cymru_sent:] == [] and greynoise.requests[greynoise_sent:] == []  # the servers' own logs
+    assert sorted(graph_greynoise.asked()[:greynoise_sent]) == askable and cymru_sent > 0
+    assert standin.requests[cymru_sent:] == [] and graph_greynoise.requests[greynoise_sent:] == []  # the servers' own logs
     assert first["merged_inventory"]["greynoise_stored"].value == len(askable)
     assert repeat["greynoise_results"]["fresh"].value == len(askable)
     assert repeat["merged_inventory"]["greynoise_stored"].value == 0
@@ -246,32 +246,32 @@ def test_with_greynoise_a_repeated_day_makes_zero_cymru_and_zero_greynoise_calls
 
 
 def test_expired_answers_are_asked_again_on_the_next_run(
-    tmp_path, sample_log_dir, standin, asn_db, monkeypatch
+    tmp_path, sample_log_dir, standin, asn_db_covering_one_ip, monkeypatch
 ):
     db_url = f"sqlite:///{tmp_path / 'inventory.sqlite'}"
     day = "2018-05-06"
     start = datetime(2018, 5, 7, 1, 0, tzinfo=UTC)
     clock = [start]
     monkeypatch.setattr(freshness, "utc_now", lambda: clock[0])
-    expected = sorted(distinct_valid_ips(sample_log_dir / f"cowrie.json.{day}") - asn_db[1])
+    expected = sorted(distinct_valid_ips(sample_log_dir / f"cowrie.json.{day}") - asn_db_covering_one_ip[1])
 
     with DagsterInstance.ephemeral() as instance:
-        run_day(day, sample_log_dir, db_url, standin.address[1], asn_db[0], instance)
+        run_day(day, sample_log_dir, db_url, standin.address[1], asn_db_covering_one_ip[0], instance)
         clock[0] = start + timedelta(days=29, hours=23)  # Cymru TTL 30 days: still fresh
         sent = len(standin.requests)
-        meta = run_day(day, sample_log_dir, db_url, standin.address[1], asn_db[0], instance)
+        meta = run_day(day, sample_log_dir, db_url, standin.address[1], asn_db_covering_one_ip[0], instance)
         assert standin.requests[sent:] == []
         assert meta["merged_inventory"]["maxmind_skipped_fresh"].value == 0  # MaxMind TTL 7 days: rewritten
 
         clock[0] = start + timedelta(days=30)
-        run_day(day, sample_log_dir, db_url, standin.address[1], asn_db[0], instance)
+        run_day(day, sample_log_dir, db_url, standin.address[1], asn_db_covering_one_ip[0], instance)
     assert cymru_ips(standin, sent) == expected
     rows = fetch_inventory(make_engine(db_url), expected)
     assert {row["cymru_updated_at"] for row in rows} == {start + timedelta(days=30)}
 
 
 def test_a_replaced_maxmind_database_rewrites_maxmind_answers_within_the_ttl(
-    tmp_path, sample_log_dir, standin, asn_db
+    tmp_path, sample_log_dir, standin, asn_db_covering_one_ip
 ):
     from enrichment_pipeline.standins.asn_database import write_asn_database
 

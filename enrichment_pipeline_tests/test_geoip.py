@@ -6,8 +6,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import random
-import time
 from pathlib import Path
 
 import geoip2.database

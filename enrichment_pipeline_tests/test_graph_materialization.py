@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-import pytest
 from dagster import DagsterInstance, materialize
 
 from enrichment_pipeline.assets import enrichment_assets
 from enrichment_pipeline.core.inventory import fetch_inventory, make_engine
-from enrichment_pipeline.core.ips import canonical_ip
 from enrichment_pipeline.resources import (
     CowrieLogDirectory,
     CymruResource,
@@ -18,98 +13,21 @@ from enrichment_pipeline.resources import (
     GreyNoiseResource,
     InventoryDatabase,
 )
-from enrichment_pipeline.standins.asn_database import write_asn_database
-from enrichment_pipeline.standins.cymru_server import CymruStandinServer
-from enrichment_pipeline_tests.support.greynoise_server import FakeGreyNoise
+from enrichment_pipeline_tests.support.expected_ips import distinct_valid_ips
+from enrichment_pipeline_tests.support.graph_run import ASN_DB_DAY, run_day
 
-DAY = "2018-05-07"
-GREYNOISE_KEY = "gn-graph-secret-0ddba11"
-
-
-def distinct_valid_ips(log_file: Path) -> set[str]:
-    """Independent of the reader under test: the stdlib json module over every line."""
-    ips = set()
-    for line in log_file.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        ip = canonical_ip(event.get("src_ip")) if isinstance(event, dict) else None
-        if ip:
-            ips.add(ip)
-    return ips
-
-
-@pytest.fixture
-def standin():
-    with CymruStandinServer() as server:
-        yield server
-
-
-@pytest.fixture
-def greynoise():
-    """A loopback GreyNoise (observed for every IP unless scripted); `keyed_greynoise` points a resource at it."""
-    with FakeGreyNoise(GREYNOISE_KEY) as server:
-        yield server
-
-
-def keyed_greynoise(server: FakeGreyNoise) -> GreyNoiseResource:
-    return GreyNoiseResource(api_key=GREYNOISE_KEY, api_url=server.url, rate_per_s=1000, max_retries=0)
-
-
-@pytest.fixture
-def asn_db(tmp_path, sample_log_dir) -> tuple[str, set[str]]:
-    """An ASN database covering exactly one of the day's IPs (as a /32), so both passes are exercised."""
-    covered = sorted(distinct_valid_ips(sample_log_dir / f"cowrie.json.{DAY}"))[0]
-    path = write_asn_database(tmp_path / "asn.mmdb", [(f"{covered}/32", 64496, "TEST-NET-AS")])
-    return path, {covered}
-
-
-def run_day(
-    day: str,
-    log_dir: Path,
-    db_url: str,
-    cymru_port: int,
-    asn_db: str,
-    instance,
-    greynoise: GreyNoiseResource | None = None,
-) -> dict:
-    """Materialize the whole graph for `day`; GreyNoise is disabled (no key) unless a resource is given."""
-    result = materialize(
-        enrichment_assets,
-        partition_key=day,
-        instance=instance,
-        resources={
-            "cowrie_logs": CowrieLogDirectory(log_dir=str(log_dir)),
-            "geoip": GeoIpResource(asn_db=asn_db),
-            "cymru": CymruResource(host="127.0.0.1", port=cymru_port, timeout_s=10, batch_size=10),
-            "inventory": InventoryDatabase(url=db_url),
-            "greynoise": greynoise or GreyNoiseResource(),
-        },
-    )
-    assert result.success
-    return {
-        event.asset_key.to_user_string(): event.materialization.metadata
-        for event in result.get_asset_materialization_events()
-    }
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request, tmp_path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'inventory.sqlite'}"
-    return request.getfixturevalue("pg_engine").url.render_as_string(hide_password=False)
+DAY = ASN_DB_DAY  # asn_db_covering_one_ip covers one of its IPs
 
 
 def test_one_real_day_puts_every_valid_source_ip_in_the_inventory_and_nothing_else(
-    db_url, sample_log_dir, standin, asn_db
+    sqlite_or_postgres_url, sample_log_dir, standin, asn_db_covering_one_ip
 ):
-    asn_path, maxmind_covered = asn_db
+    asn_path, maxmind_covered = asn_db_covering_one_ip
     with DagsterInstance.ephemeral() as instance:
-        metadata = run_day(DAY, sample_log_dir, db_url, standin.address[1], asn_path, instance)
+        metadata = run_day(DAY, sample_log_dir, sqlite_or_postgres_url, standin.address[1], asn_path, instance)
 
     expected = distinct_valid_ips(sample_log_dir / f"cowrie.json.{DAY}")
-    rows = {row["ip_address"]: row for row in fetch_inventory(make_engine(db_url))}
+    rows = {row["ip_address"]: row for row in fetch_inventory(make_engine(sqlite_or_postgres_url))}
     assert set(rows) == expected
 
     # Only IPs without a MaxMind ASN went to Cymru, in batches of 10.
@@ -129,7 +47,9 @@ def test_one_real_day_puts_every_valid_source_ip_in_the_inventory_and_nothing_el
     assert metadata["merged_inventory"]["rows_inserted"].value == len(expected)
 
 
-def test_rematerializing_a_day_leaves_the_inventory_identical(tmp_path, sample_log_dir, standin, asn_db):
+def test_rematerializing_a_day_leaves_the_inventory_identical(
+    tmp_path, sample_log_dir, standin, asn_db_covering_one_ip
+):
     db_url = f"sqlite:///{tmp_path / 'inventory.sqlite'}"
     volatile = ("enrichment_updated_at", "maxmind_updated_at", "cymru_updated_at")
 
@@ -140,9 +60,9 @@ def test_rematerializing_a_day_leaves_the_inventory_identical(tmp_path, sample_l
         )
 
     with DagsterInstance.ephemeral() as instance:
-        run_day(DAY, sample_log_dir, db_url, standin.address[1], asn_db[0], instance)
+        run_day(DAY, sample_log_dir, db_url, standin.address[1], asn_db_covering_one_ip[0], instance)
         first = snapshot()
-        second_meta = run_day(DAY, sample_log_dir, db_url, standin.address[1], asn_db[0], instance)
+        second_meta = run_day(DAY, sample_log_dir, db_url, standin.address[1], asn_db_covering_one_ip[0], instance)
     assert snapshot() == first
     assert second_meta["merged_inventory"]["rows_inserted"].value == 0
     assert second_meta["merged_inventory"]["rows_updated"].value == len(first)

@@ -14,8 +14,7 @@ from enrichment_pipeline.core.inventory import fetch_inventory, make_engine
 from enrichment_pipeline.standins.asn_database import write_asn_database
 from enrichment_pipeline.standins.cymru_server import standin_origins
 from enrichment_pipeline.core.inventory import fetch_failures
-from enrichment_pipeline_tests.test_graph_materialization import keyed_greynoise, run_day
-from enrichment_pipeline_tests.test_graph_materialization import db_url, greynoise, standin  # noqa: F401 - fixtures
+from enrichment_pipeline_tests.support.graph_run import keyed_greynoise, run_day
 
 DAY = "2018-05-10"
 # Logged text -> the inventory's canonical key.
@@ -47,16 +46,19 @@ def asn_db(tmp_path: Path) -> str:
     return write_asn_database(tmp_path / "asn.mmdb", [("2a03:2880::/32", 32934, "TEST-V6-AS")])
 
 
-def test_ipv6_and_mapped_sources_are_enriched_into_the_inventory(db_url, tmp_path, standin, asn_db, greynoise):
+def test_ipv6_and_mapped_sources_are_enriched_into_the_inventory(
+    sqlite_or_postgres_url, tmp_path, standin, asn_db, graph_greynoise
+):
+    db_url = sqlite_or_postgres_url
     logs = tmp_path / "logs"
     logs.mkdir()
     write_day(logs)
     canonical = set(LOGGED.values())
 
     with DagsterInstance.ephemeral() as instance:
-        meta = run_day(DAY, logs, db_url, standin.address[1], asn_db, instance, keyed_greynoise(greynoise))
+        meta = run_day(DAY, logs, db_url, standin.address[1], asn_db, instance, keyed_greynoise(graph_greynoise))
         sent = len(standin.requests)
-        repeat = run_day(DAY, logs, db_url, standin.address[1], asn_db, instance, keyed_greynoise(greynoise))
+        repeat = run_day(DAY, logs, db_url, standin.address[1], asn_db, instance, keyed_greynoise(graph_greynoise))
 
     assert meta["cowrie_source_ips"]["source_ips"].value == len(canonical) == 5
     # One bulk stream carried both address families; MaxMind's IPv6 ASN kept one IP out of it.
@@ -80,7 +82,7 @@ def test_ipv6_and_mapped_sources_are_enriched_into_the_inventory(db_url, tmp_pat
     assert from_maxmind["cymru_updated_at"] is None
 
     # GreyNoise knows IPv4 only: IPv6 (and the documentation IPv4 ranges) are skipped, not failed.
-    assert greynoise.asked() == ["45.33.32.156"] and meta["greynoise_results"]["skipped"].value == 4
+    assert graph_greynoise.asked() == ["45.33.32.156"] and meta["greynoise_results"]["skipped"].value == 4
     assert rows["45.33.32.156"]["greynoise_noise"] is True
     assert fetch_failures(make_engine(db_url)) == []
 

@@ -27,8 +27,8 @@ from enrichment_pipeline.resources import CowrieLogDirectory, CymruResource, Geo
 from enrichment_pipeline.sensors import SENSOR_NAME, LogCursor
 from enrichment_pipeline.standins.cymru_server import CymruStandinServer
 from enrichment_pipeline_tests.support.dagster_services import PROJECT_ROOT, DagsterServices, ServiceError, wait_for
+from enrichment_pipeline_tests.support.expected_ips import distinct_valid_ips
 from enrichment_pipeline_tests.support.postgres import FreshDatabase
-from enrichment_pipeline_tests.test_graph_materialization import distinct_valid_ips
 
 pytestmark = pytest.mark.timeout(900)
 

@@ -3,91 +3,42 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from dagster import DagsterInstance, DefaultScheduleStatus, RunRequest, build_schedule_context
 from sqlalchemy import Engine, select
 
 from enrichment_pipeline.core.freshness import FreshnessPolicy, MaxMindBuilds
-from enrichment_pipeline.core.frames import maxmind_enrichment, maxmind_frame
 from enrichment_pipeline.core.geoip import GeoIpLookup
-from enrichment_pipeline.core.inventory import (
-    DAILY_ACTIVITY,
-    DayActivity,
-    SourceUpdate,
-    fetch_failures,
-    fetch_inventory,
-    upsert_day,
-)
+from enrichment_pipeline.core.inventory import DAILY_ACTIVITY, fetch_failures, fetch_inventory
 from enrichment_pipeline.core.refresh import plan_chunk, refresh, select_stalest
 from enrichment_pipeline.core.whois import CymruBulkClient
 from enrichment_pipeline.refresh import refresh_stale, refresh_stale_schedule
 from enrichment_pipeline.core.greynoise import BUDGET_EXHAUSTED, GreyNoiseAuthError, GreyNoiseClient, GreyNoiseDailyBudget
 from enrichment_pipeline.core.refresh import budgeted_greynoise
 from enrichment_pipeline.resources import CymruResource, GeoIpResource, GreyNoiseResource, InventoryDatabase
-from enrichment_pipeline.standins.asn_database import write_asn_database
 from enrichment_pipeline.standins.cymru_server import CymruStandinServer
-from enrichment_pipeline_tests.support.greynoise_server import FakeGreyNoise, not_observed, observed, status
-
-DAY = date(2018, 5, 6)
-T0 = datetime(2018, 5, 7, 0, 0, tzinfo=UTC)
-WITH_ASN = ["198.51.100.1", "198.51.100.2"]  # covered by the test ASN database
-WITHOUT_ASN = ["203.0.113.7", "203.0.113.8", "2a01:4f8::1"]
-ALL = sorted(WITH_ASN + WITHOUT_ASN)
-# GreyNoise asks only global IPv4: two of these, never the private one or the IPv6 one.
-GLOBAL_V4 = ["45.33.32.156", "185.220.101.1"]
-NOT_ASKABLE = ["10.0.0.5", "2a01:4f8::1"]
-KEY = "gn-refresh-secret-51c0ffee"
-CYMRU_OLD = {"status": "routed", "asn": 1, "as_name": "OLD", "country_code": "ZZ", "origins": []}
-
-
-@pytest.fixture
-def standin():
-    with CymruStandinServer() as server:
-        yield server
-
-
-@pytest.fixture
-def geoip(tmp_path: Path) -> GeoIpLookup:
-    path = write_asn_database(tmp_path / "asn.mmdb", [("198.51.100.0/24", 64496, "TEST-NET-2")], build_epoch=1_600_000_000)
-    return GeoIpLookup(asn_db=path)
+from enrichment_pipeline_tests.support.cymru_standin import sent
+from enrichment_pipeline_tests.support.greynoise_server import FakeGreyNoise, not_observed, status
+from enrichment_pipeline_tests.support.refresh_inventory import (
+    ALL,
+    GLOBAL_V4,
+    KEY,
+    NOT_ASKABLE,
+    T0,
+    WITH_ASN,
+    WITHOUT_ASN,
+    seed,
+)
 
 
 def policy_for(geoip: GeoIpLookup) -> FreshnessPolicy:
     return FreshnessPolicy.from_days(7, 30, 7, MaxMindBuilds.of(geoip))
 
 
-@pytest.fixture(scope="module")
-def greynoise_server():
-    with FakeGreyNoise(KEY) as server:
-        yield server
-
-
-@pytest.fixture
-def greynoise(greynoise_server: FakeGreyNoise):
-    greynoise_server.reset()
-    return greynoise_server
-
-
-def seed(engine: Engine, geoip: GeoIpLookup, at: datetime, ips: list[str] = ALL) -> None:
-    """`ips` seen on DAY, enriched at `at` with the current MaxMind builds (Cymru for those without ASN)."""
-    frame = maxmind_frame(geoip.lookup_many(ips), MaxMindBuilds.of(geoip))
-    updates = [
-        SourceUpdate(row["ip"], maxmind=maxmind_enrichment(row), cymru=None if row["ip"] in WITH_ASN else CYMRU_OLD)
-        for row in frame.to_dict("records")
-    ]
-    activity = [DayActivity(ip, 2, 5, at - timedelta(hours=3), at - timedelta(hours=1)) for ip in ips]
-    upsert_day(engine, DAY, activity, updates, now=at)
-
-
 def client(server: CymruStandinServer) -> CymruBulkClient:
     return CymruBulkClient("127.0.0.1", server.address[1], timeout_s=5, batch_size=100)
-
-
-def sent(server: CymruStandinServer, since: int = 0) -> list[str]:
-    return sorted(ip for request in server.requests[since:] for ip in request)
 
 
 def daily_rows(engine: Engine) -> list[tuple]:
@@ -243,20 +194,22 @@ def test_schedule_runs_the_refresh_job_every_six_hours_and_is_on_by_default():
 
 
 def test_refresh_asks_greynoise_only_for_stale_global_ipv4_and_stores_the_verdict(
-    sqlite_engine, geoip, standin, greynoise
+    sqlite_engine, geoip, standin, refresh_greynoise
 ):
     ips = GLOBAL_V4 + NOT_ASKABLE
     seed(sqlite_engine, geoip, T0, ips)  # MaxMind and Cymru fresh, GreyNoise never asked
-    greynoise.script(GLOBAL_V4[1], not_observed())
+    refresh_greynoise.script(GLOBAL_V4[1], not_observed())
     now = T0 + timedelta(hours=1)
     policy = policy_for(geoip)
 
     assert select_stalest(sqlite_engine, 10, policy, now=now, greynoise_enabled=False) == []
     due = select_stalest(sqlite_engine, 10, policy, now=now, greynoise_enabled=True)
     assert sorted(due) == sorted(GLOBAL_V4)
-    report = run_refresh(sqlite_engine, due, geoip, standin, now, greynoise=greynoise_lookup(greynoise, sqlite_engine))
+    report = run_refresh(
+        sqlite_engine, due, geoip, standin, now, greynoise=greynoise_lookup(refresh_greynoise, sqlite_engine)
+    )
 
-    assert sorted(greynoise.asked()) == sorted(GLOBAL_V4) and standin.requests == []
+    assert sorted(refresh_greynoise.asked()) == sorted(GLOBAL_V4) and standin.requests == []
     assert report.counts()["greynoise_answered"] == 2
     rows = {row["ip_address"]: row for row in fetch_inventory(sqlite_engine)}
     assert rows[GLOBAL_V4[0]]["greynoise_noise"] is True and rows[GLOBAL_V4[0]]["greynoise_classification"]
@@ -267,42 +220,43 @@ def test_refresh_asks_greynoise_only_for_stale_global_ipv4_and_stores_the_verdic
     assert select_stalest(sqlite_engine, 10, policy, now=now, greynoise_enabled=True) == []
 
     # Refreshing the same IPs again asks nothing: the answers (404 included) are fresh.
-    run_refresh(sqlite_engine, ips, geoip, standin, now, greynoise=greynoise_lookup(greynoise, sqlite_engine))
-    assert len(greynoise.requests) == 2
+    run_refresh(sqlite_engine, ips, geoip, standin, now, greynoise=greynoise_lookup(refresh_greynoise, sqlite_engine))
+    assert len(refresh_greynoise.requests) == 2
 
 
-def test_greynoise_failures_and_the_spent_budget_go_to_the_retry_list(sqlite_engine, geoip, standin, greynoise):
+def test_greynoise_failures_and_the_spent_budget_go_to_the_retry_list(sqlite_engine, geoip, standin, refresh_greynoise):
     seed(sqlite_engine, geoip, T0, GLOBAL_V4)
-    greynoise.script(GLOBAL_V4[0], status(503))
+    refresh_greynoise.script(GLOBAL_V4[0], status(503))
     now = T0 + timedelta(hours=1)
 
     report = run_refresh(
-        sqlite_engine, GLOBAL_V4, geoip, standin, now, greynoise=greynoise_lookup(greynoise, sqlite_engine, daily_limit=1)
+        sqlite_engine, GLOBAL_V4, geoip, standin, now,
+        greynoise=greynoise_lookup(refresh_greynoise, sqlite_engine, daily_limit=1),
     )
 
-    assert greynoise.asked() == [GLOBAL_V4[0]]  # the budget allowed one request
+    assert refresh_greynoise.asked() == [GLOBAL_V4[0]]  # the budget allowed one request
     assert report.counts()["greynoise_failed"] == 2
     errors = {row["ip_address"]: row["error"] for row in fetch_failures(sqlite_engine)}
     assert errors == {GLOBAL_V4[0]: "HTTP 503", GLOBAL_V4[1]: BUDGET_EXHAUSTED}
     assert all(row["source"] == "greynoise" for row in fetch_failures(sqlite_engine))
 
 
-def test_a_rejected_key_stops_the_refresh_after_saving_the_chunk(sqlite_engine, geoip, standin, greynoise):
+def test_a_rejected_key_stops_the_refresh_after_saving_the_chunk(sqlite_engine, geoip, standin, refresh_greynoise):
     seed(sqlite_engine, geoip, T0, GLOBAL_V4 + WITHOUT_ASN)
     now = T0 + timedelta(days=31)
-    wrong_key = greynoise_lookup(greynoise, sqlite_engine, key="not-the-key")
+    wrong_key = greynoise_lookup(refresh_greynoise, sqlite_engine, key="not-the-key")
 
     with pytest.raises(GreyNoiseAuthError) as raised:
         run_refresh(sqlite_engine, GLOBAL_V4 + WITHOUT_ASN, geoip, standin, now, greynoise=wrong_key, chunk_size=2)
 
     assert "not-the-key" not in str(raised.value) and "401" in str(raised.value)
-    assert len(greynoise.requests) == 1  # the first 401 stopped the pass
+    assert len(refresh_greynoise.requests) == 1  # the first 401 stopped the pass
     rows = {row["ip_address"]: row for row in fetch_inventory(sqlite_engine)}
     assert all(rows[ip]["maxmind_updated_at"] == now for ip in GLOBAL_V4)  # the first chunk was saved
     assert all(rows[ip]["maxmind_updated_at"] == T0 for ip in WITHOUT_ASN)  # no further chunk was run
 
 
-def test_refresh_job_with_a_greynoise_key(tmp_path, geoip, standin, greynoise, monkeypatch):
+def test_refresh_job_with_a_greynoise_key(tmp_path, geoip, standin, refresh_greynoise, monkeypatch):
     from dagster import EnvVar
 
     from enrichment_pipeline.core import freshness
@@ -313,7 +267,9 @@ def test_refresh_job_with_a_greynoise_key(tmp_path, geoip, standin, greynoise, m
         "geoip": GeoIpResource(asn_db=geoip.asn_info.path),
         "cymru": CymruResource(host="127.0.0.1", port=standin.address[1], timeout_s=5),
         "inventory": InventoryDatabase(url=db_url),
-        "greynoise": GreyNoiseResource(api_key=EnvVar("TEST_GREYNOISE_KEY"), api_url=greynoise.url, rate_per_s=1000),
+        "greynoise": GreyNoiseResource(
+            api_key=EnvVar("TEST_GREYNOISE_KEY"), api_url=refresh_greynoise.url, rate_per_s=1000
+        ),
     }
     seed(resources["inventory"].engine(), geoip, T0, GLOBAL_V4 + NOT_ASKABLE)
     monkeypatch.setattr(freshness, "utc_now", lambda: T0 + timedelta(hours=2))
@@ -323,6 +279,6 @@ def test_refresh_job_with_a_greynoise_key(tmp_path, geoip, standin, greynoise, m
         logs = [entry.user_message for entry in instance.all_logs(result.run_id)]
 
     assert result.success
-    assert sorted(greynoise.asked()) == sorted(GLOBAL_V4) and standin.requests == []
+    assert sorted(refresh_greynoise.asked()) == sorted(GLOBAL_V4) and standin.requests == []
     assert not any(KEY in message for message in logs)
     assert GreyNoiseDailyBudget(resources["inventory"].engine(), 100).used((T0 + timedelta(hours=2)).date()) == 2
