@@ -25,7 +25,6 @@ from enrichment_pipeline.core.greynoise import (
     skip_reason,
 )
 from enrichment_pipeline.core.inventory import SourceUpdate, create_schema, fetch_inventory, make_engine, upsert_day
-from enrichment_pipeline.core.ips import canonical_ip
 from enrichment_pipeline.resources import (
     CowrieLogDirectory,
     CymruResource,
@@ -34,6 +33,7 @@ from enrichment_pipeline.resources import (
     InventoryDatabase,
 )
 from enrichment_pipeline.standins.cymru_server import CymruStandinServer
+from enrichment_pipeline_tests.support.expected_ips import distinct_valid_ips
 from enrichment_pipeline_tests.support.greynoise_server import FakeGreyNoise, not_observed, status
 
 KEY = "gn-asset-secret-8d41f00d"
@@ -72,16 +72,7 @@ def db_url(tmp_path: Path) -> str:
 @pytest.fixture
 def day_ips(sample_log_dir: Path) -> list[str]:
     """The day's distinct source IPs, read independently of the pipeline's reader."""
-    ips = set()
-    for line in (sample_log_dir / f"cowrie.json.{DAY}").read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        ip = canonical_ip(event.get("src_ip")) if isinstance(event, dict) else None
-        if ip:
-            ips.add(ip)
-    return sorted(ips)
+    return sorted(distinct_valid_ips(sample_log_dir / f"cowrie.json.{DAY}"))
 
 
 def greynoise_resource(server: FakeGreyNoise, *, key: str | EnvVar = "", **options: object) -> GreyNoiseResource:
