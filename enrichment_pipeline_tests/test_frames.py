@@ -47,7 +47,8 @@ def test_python_values_of_every_dtype_are_plain_python_with_none_where_missing()
         "moment": [NOON, None],
         "anything": [{"k": 1}, None],
     }
-    assert [type(value) for value in values["count"] + values["moment"]] == [int, type(None), datetime.datetime, type(None)]
+    types = [type(value) for value in values["count"] + values["moment"]]
+    assert types == [int, type(None), datetime.datetime, type(None)]
     # orjson stores exactly these types; a numpy scalar or pandas Timestamp would need a default hook.
     orjson.dumps(records(frame.drop(columns="moment")))
 

@@ -19,9 +19,11 @@ from enrichment_pipeline.core import inventory
 from enrichment_pipeline.core.inventory import (
     DAILY_ACTIVITY,
     DayActivity,
+    LookupFailure,
     SourceUpdate,
     UpsertStats,
     create_schema,
+    fetch_failures,
     fetch_inventory,
     fresh_ips,
     ips_seen_on,
@@ -373,6 +375,49 @@ def test_ten_thousand_ip_upsert_counts_and_sums_are_exact(engine: Engine) -> Non
     assert fresh_ips(engine, ips, "maxmind", timedelta(days=1), now=NOW) == set(ips[::2])
     assert len(fetch_inventory(engine, ips[1000:2700])) == 1700
     assert len(ips_seen_on(engine, DAY2)) == 10_000
+
+
+def upsert_history(engine: Engine) -> list[UpsertStats]:
+    """Three runs over 20 IPs: activity on two days (one of them re-run), every source, failures recorded,
+    retried and cleared."""
+    ips = synthetic_ips(20)
+    day1 = [seen(ip, DAY1, i % 3 + 1, 1, 2 + i % 20) for i, ip in enumerate(ips[:15])]
+    updates1 = [
+        SourceUpdate(ip, maxmind=MAXMIND if i % 2 else None, cymru=CYMRU if i % 3 == 0 else None,
+                     greynoise={"observed": True, "classification": "malicious"} if i % 5 == 0 else None)
+        for i, ip in enumerate(ips[:15])
+    ]
+    failures1 = [LookupFailure(ip, "cymru", f"batch {i}/3: timed out") for i, ip in enumerate(ips[15:])]
+    day2 = [seen(ip, DAY2, 2, 3, 4) for ip in ips[5:]]
+    updates2 = [SourceUpdate(ips[15], cymru=UNROUTED), SourceUpdate(ips[16], maxmind=MAXMIND)]
+    failures2 = [LookupFailure(ip, "cymru", "connection reset by server") for ip in ips[17:]]
+    return [
+        upsert_day(engine, DAY1, day1, updates1, now=NOW, failures=failures1),
+        upsert_day(engine, DAY2, day2, updates2, now=LATER, failures=failures2),
+        upsert_day(engine, DAY1, day1[::2], [], now=LATER + timedelta(hours=1)),
+    ]
+
+
+def test_an_upsert_in_chunks_of_ips_writes_exactly_what_one_chunk_writes(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reference = make_engine(f"sqlite:///{tmp_path / 'one-chunk.sqlite'}")
+    create_schema(reference)
+    expected_stats = upsert_history(reference)
+    monkeypatch.setattr(inventory, "MERGE_CHUNK_IPS", 3)  # 20 IPs: 7 chunks, IPv4 and IPv6 in one of them
+    chunked_stats = upsert_history(engine)
+
+    def normalised(stats: UpsertStats) -> tuple[int, ...]:
+        return stats.inserted, stats.updated, stats.activity_rows, stats.failures_recorded, stats.failures_cleared
+
+    assert [normalised(stats) for stats in chunked_stats] == [normalised(stats) for stats in expected_stats]
+    assert [normalised(stats) for stats in expected_stats][1][3:] == (3, 2)  # failures did move
+    assert rows_by_ip(engine) == rows_by_ip(reference)
+    assert len(rows_by_ip(engine)) == 20
+    failures = {(row["ip_address"], row["source"]): row for row in fetch_failures(engine)}
+    assert failures == {(row["ip_address"], row["source"]): row for row in fetch_failures(reference)}
+    assert {ip: row["attempts"] for (ip, _), row in failures.items()} == dict.fromkeys(synthetic_ips(20)[17:], 2)
+    reference.dispose()
 
 
 def run_concurrently(jobs: list[Callable[[], UpsertStats]]) -> list[UpsertStats]:

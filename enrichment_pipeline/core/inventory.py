@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from typing import cast as typing_cast
 
 import orjson
@@ -68,6 +68,9 @@ _WRITE_OPTION = "enrichment_pipeline_write"
 _SCHEMA_LOCK_KEY = 0x1F_1A7E_5C4E
 # A failure's error text is a short reason; anything longer is cut (it may quote a peer's reply).
 _MAX_ERROR_CHARS = 500
+# IPs merged and written per step of an upsert's one transaction: the stored rows, merged rows and bound
+# values of a 100k-IP day would otherwise all be in memory at once (~500 MB).
+MERGE_CHUNK_IPS = 10_000
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -570,20 +573,36 @@ def _merge_and_write(
     day: date | None = None,
     activity: Sequence[DayActivity] = (),
 ) -> UpsertStats:
+    """Merge and write every touched IP, a chunk of IPs at a time within the caller's transaction."""
     ips = sorted(touched | {row.ip for row in updates} | {failure.ip for failure in failures})
-    stored = _read_stored_rows(conn, ips)
-    totals = _activity_totals(conn, ips, day, activity)
-    rows = _merged_rows(ips, stored, totals, updates, now)
-    _write_changes(conn, rows, stored)
-    recorded, cleared = _write_failures(conn, rows, updates, failures, now)
-    return UpsertStats(
-        inserted=len(ips) - len(stored),
-        updated=len(stored),
-        activity_rows=0,
-        seconds=0.0,
-        failures_recorded=recorded,
-        failures_cleared=cleared,
+    chunks = [ips[start : start + MERGE_CHUNK_IPS] for start in range(0, len(ips), MERGE_CHUNK_IPS)]
+    chunk_of = {ip: number for number, chunk in enumerate(chunks) for ip in chunk}
+    updates_in, failures_in, activity_in = (
+        _split(items, chunk_of, len(chunks)) for items in (updates, failures, activity)
     )
+    stats = UpsertStats(inserted=0, updated=0, activity_rows=0, seconds=0.0)
+    for number, chunk in enumerate(chunks):
+        stored = _read_stored_rows(conn, chunk)
+        totals = _activity_totals(conn, chunk, day, activity_in[number])
+        rows = _merged_rows(chunk, stored, totals, updates_in[number], now)
+        _write_changes(conn, rows, stored)
+        recorded, cleared = _write_failures(conn, rows, updates_in[number], failures_in[number], now)
+        stats.inserted += len(chunk) - len(stored)
+        stats.updated += len(stored)
+        stats.failures_recorded += recorded
+        stats.failures_cleared += cleared
+    return stats
+
+
+_PerIp = TypeVar("_PerIp", DayActivity, SourceUpdate, LookupFailure)
+
+
+def _split(items: Iterable[_PerIp], chunk_of: Mapping[str, int], count: int) -> list[list[_PerIp]]:
+    """`items` in `count` lists, each item in the list of its IP's chunk."""
+    parts: list[list[_PerIp]] = [[] for _ in range(count)]
+    for item in items:
+        parts[chunk_of[item.ip]].append(item)
+    return parts
 
 
 def _read_stored_rows(conn: Connection, ips: Sequence[str]) -> dict[str, dict[str, Any]]:
