@@ -42,6 +42,7 @@ from enrichment_pipeline.core.greynoise import (
     skip_reason,
     status_counts,
 )
+from enrichment_pipeline.core.frames import records
 from enrichment_pipeline.core.merge import summarize_greynoise
 from enrichment_pipeline_tests.support.greynoise_server import (
     NOT_OBSERVED_MESSAGE,
@@ -452,7 +453,7 @@ def test_the_frame_has_one_typed_row_per_ip_and_answers_round_trip_to_the_invent
     assert frame["ip"].tolist() == ips[:-1]
     assert frame["status"].tolist() == ["observed", "not_observed", "skipped", "failed", "fresh", "failed"]
     assert frame["error"].tolist()[2:4] == [SKIP_IPV6, RATE_LIMITED] and frame["error"].iloc[5] == "not looked up"
-    rows = frame.to_dict("records")
+    rows = records(frame)  # as the merge reads the frame
     assert greynoise_enrichment(rows[0]) == answer.as_dict()
     assert greynoise_enrichment(rows[1]) == missing.as_dict()
     assert [greynoise_enrichment(row) for row in rows[2:]] == [None] * 4

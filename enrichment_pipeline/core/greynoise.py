@@ -495,21 +495,16 @@ def greynoise_frame(
 
 
 def greynoise_enrichment(row: Mapping[str, Any]) -> dict[str, Any] | None:
-    """A frame row as the inventory's `enrichment["greynoise"]`; None when there is no new answer to store."""
+    """A frame row (of `frames.records`: plain Python values, None where missing) as the inventory's
+    `enrichment["greynoise"]`; None when there is no new answer to store."""
     if row["status"] not in (OBSERVED, NOT_OBSERVED):
         return None
-    return {"observed": row["status"] == OBSERVED} | {name: _plain(row.get(name)) for name in _ANSWER_FIELDS[1:]}
+    return {"observed": row["status"] == OBSERVED} | {name: row.get(name) for name in _ANSWER_FIELDS[1:]}
 
 
 def status_counts(frame: pd.DataFrame) -> dict[str, int]:
     counts = frame["status"].value_counts()
     return {status: int(counts.get(status, 0)) for status in STATUSES}
-
-
-def _plain(value: object) -> object:
-    if value is None or value is pd.NA:
-        return None
-    return value.item() if hasattr(value, "item") else value
 
 
 # --- The daily budget ------------------------------------------------------------------------------------
