@@ -8,20 +8,14 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-from dagster import DagsterInstance, materialize
+from dagster import DagsterInstance
 
-from enrichment_pipeline.assets import enrichment_assets
 from enrichment_pipeline.core.greynoise import GreyNoiseAnswer
 from enrichment_pipeline.core.inventory import DayActivity, SourceUpdate, fetch_inventory, ips_seen_on, upsert_day
 from enrichment_pipeline.core.report import NOT_LOOKED_UP, NOT_OBSERVED, UNKNOWN, build_daily_report, greynoise_bucket
-from enrichment_pipeline.resources import (
-    CowrieLogDirectory,
-    CymruResource,
-    GeoIpResource,
-    GreyNoiseResource,
-    InventoryDatabase,
-)
+from enrichment_pipeline.resources import GreyNoiseResource, InventoryDatabase
 from enrichment_pipeline.standins.cymru_server import CymruStandinServer
+from enrichment_pipeline_tests.support.graph_run import run_day
 from enrichment_pipeline_tests.support.greynoise_server import FakeGreyNoise
 
 DAY = date(2018, 5, 7)
@@ -123,22 +117,9 @@ def test_the_asset_reports_each_materialized_day_as_markdown_tables(tmp_path: Pa
     with CymruStandinServer() as cymru, fake_greynoise, DagsterInstance.ephemeral() as instance:
         greynoise = GreyNoiseResource(api_key="gn-report-key", api_url=fake_greynoise.url, rate_per_s=1000)
         for day in ("2018-05-06", "2018-05-07"):
-            result = materialize(
-                enrichment_assets,
-                partition_key=day,
-                instance=instance,
-                resources={
-                    "cowrie_logs": CowrieLogDirectory(log_dir=str(sample_log_dir)),
-                    "geoip": GeoIpResource(),
-                    "cymru": CymruResource(host="127.0.0.1", port=cymru.address[1], timeout_s=10),
-                    "inventory": InventoryDatabase(url=db_url),
-                    "greynoise": greynoise,
-                },
-            )
-            assert result.success
-            (event,) = [e for e in result.get_asset_materialization_events()
-                        if e.asset_key.to_user_string() == "daily_report"]
-            metadata[day] = event.materialization.metadata
+            # No ASN database: every IP's ASN comes from the Cymru stand-in.
+            materialized = run_day(day, sample_log_dir, db_url, cymru.address[1], "", instance, greynoise)
+            metadata[day] = materialized["daily_report"]
 
     rows = fetch_inventory(InventoryDatabase(url=db_url).engine())
     assert len(rows) > metadata["2018-05-07"]["ips"].value  # the inventory holds both days; a report one
