@@ -3,7 +3,9 @@ so the benchmark can compare it with the in-process executor the project's Defin
 
 from dagster import Definitions, multiprocess_executor
 
-from enrichment_pipeline import definitions as project  # a module: one Definitions object at this scope
+from enrichment_pipeline import (
+    definitions as project,  # a module: one Definitions object at this scope
+)
 
 defs = Definitions(
     assets=project.defs.assets,

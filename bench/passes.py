@@ -29,7 +29,6 @@ from enrichment_pipeline.core.frames import (
     sources_frame,
 )
 from enrichment_pipeline.core.freshness import MaxMindBuilds
-from enrichment_pipeline.core.geoip import GeoIpLookup
 from enrichment_pipeline.core.inventory import (
     INVENTORY,
     Base,
@@ -42,6 +41,7 @@ from enrichment_pipeline.core.inventory import (
     make_engine,
     upsert_day,
 )
+from enrichment_pipeline.core.maxmind import MaxMindLookup
 from enrichment_pipeline.resources import CymruResource
 from enrichment_pipeline.standins.asn_database import write_asn_database
 from enrichment_pipeline.standins.cymru_server import CymruStandinServer
@@ -60,7 +60,7 @@ def write_bench_asn_database(path: Path) -> str:
 
 def maxmind_rows(ips: Sequence[str], asn_db: str, repeats: int) -> tuple[list[Row], pd.DataFrame]:
     """Measure 1: the pass (lookups plus the typed frame the asset returns) vs bare Reader.city/.asn calls."""
-    lookup = GeoIpLookup(None, asn_db)
+    lookup = MaxMindLookup(None, asn_db)
     city = geoip2.database.Reader(lookup.city_info.path, mode=maxminddb.MODE_MMAP_EXT)
     asn = geoip2.database.Reader(asn_db, mode=maxminddb.MODE_MMAP_EXT)
 
@@ -196,7 +196,11 @@ def _empty_inventory(engine_url: str) -> Iterator[Engine]:
 @contextmanager
 def postgres_url() -> Iterator[str]:
     """$ENRICHMENT_TEST_PG_URL (a fresh database inside it) or a throwaway server, as the tests do."""
-    from enrichment_pipeline_tests.support.postgres import PG_URL_ENV, FreshDatabase, ThrowawayServer
+    from enrichment_pipeline_tests.support.postgres import (
+        PG_URL_ENV,
+        FreshDatabase,
+        ThrowawayServer,
+    )
 
     configured = os.environ.get(PG_URL_ENV, "")
     server = None if configured else ThrowawayServer()

@@ -14,7 +14,15 @@ from pathlib import Path
 
 from bench import end_to_end, ingest, passes, synthetic_logs
 from bench.measure import run_child
-from bench.table import FAIL, SKIPPED, Row, load_average, machine, markdown_table, text_table
+from bench.table import (
+    FAIL,
+    SKIPPED,
+    Row,
+    load_average,
+    machine,
+    markdown_table,
+    text_table,
+)
 from enrichment_pipeline.core.cowrie_log import read_day_log
 from enrichment_pipeline.standins.cymru_server import CymruStandinServer
 from enrichment_pipeline_tests.support.postgres import PostgresUnavailable

@@ -21,7 +21,11 @@ from dagster import (
 )
 from sqlalchemy import Engine, select
 
-from enrichment_pipeline.assets import cymru_bulk_results, greynoise_results, merged_inventory
+from enrichment_pipeline.assets import (
+    cymru_bulk_results,
+    greynoise_results,
+    merged_inventory,
+)
 from enrichment_pipeline.core.frames import CYMRU_FAILED
 from enrichment_pipeline.core.greynoise import FAILED as GREYNOISE_FAILED
 from enrichment_pipeline.core.inventory import DAILY_ACTIVITY, INVENTORY

@@ -8,17 +8,19 @@ import logging
 import re
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TextIO
 
 from sqlalchemy import Engine
 
 from enrichment_pipeline.core import freshness
+from enrichment_pipeline.core.cymru import CymruBulkClient
 from enrichment_pipeline.core.freshness import FreshnessPolicy, MaxMindBuilds
-from enrichment_pipeline.core.geoip import GeoIpError, GeoIpLookup
-from enrichment_pipeline.core.greynoise import GreyNoiseAuthError, GreyNoiseClient, GreyNoiseDailyBudget
-from enrichment_pipeline.core.inventory import create_schema, fetch_failures, fetch_inventory, make_engine
+from enrichment_pipeline.core.greynoise import GreyNoiseAuthError
+from enrichment_pipeline.core.inventory import fetch_failures, fetch_inventory
 from enrichment_pipeline.core.ips import canonical_ip
-from enrichment_pipeline.core.refresh import (
+from enrichment_pipeline.core.maxmind import MaxMindError, MaxMindLookup
+from enrichment_pipeline.core.reenrich import (
     ChunkOutcome,
     budgeted_greynoise,
     known_ips,
@@ -26,7 +28,7 @@ from enrichment_pipeline.core.refresh import (
     refresh,
     select_stalest,
 )
-from enrichment_pipeline.core.whois import CymruBulkClient
+from enrichment_pipeline.resources import GreyNoiseResource, build_resources
 from enrichment_pipeline.settings import setting
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
@@ -59,96 +61,101 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@dataclass
+class _Setup:
+    """What a refresh needs, built from the same settings and resources as the Dagster jobs."""
+
+    engine: Engine
+    maxmind: MaxMindLookup
+    policy: FreshnessPolicy
+    cymru: CymruBulkClient
+    greynoise: GreyNoiseResource
+    chunk_size: int
+
+
 def run_refresh(args: argparse.Namespace, out: TextIO) -> int:
     try:
-        geoip = GeoIpLookup(setting("GEOIP_CITY_DB") or None, setting("GEOIP_ASN_DB") or None)
-    except GeoIpError as error:
+        setup = _set_up()
+    except (MaxMindError, ValueError) as error:  # bad configuration: a usage error, nothing was asked
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    policy = FreshnessPolicy.from_days(
-        float(setting("MAXMIND_TTL_DAYS")),
-        float(setting("CYMRU_TTL_DAYS")),
-        float(setting("GREYNOISE_TTL_DAYS")),
-        MaxMindBuilds.of(geoip),
-    )
-    api_key = setting("GREYNOISE_API_KEY").strip()
-    engine = make_engine(setting("ENRICHMENT_DB_URL"))
-    create_schema(engine)
-
-    if args.ip:
-        ips = known_ips(engine, args.ip)
-        unknown = [ip for ip in dict.fromkeys(args.ip) if ip not in ips]
-        for ip in unknown:
-            print(f"{ip}: not in ip_inventory, skipped", file=out)
-    else:
-        unknown = []
-        ips = select_stalest(engine, args.ips, policy, now=freshness.utc_now(), greynoise_enabled=bool(api_key))
+    ips, unknown = _chosen_ips(setup, args, out)
     if args.dry_run:
-        _print_plan(engine, ips, geoip, policy, greynoise_enabled=bool(api_key), force=bool(args.ip), out=out)
+        _print_plan(setup, ips, force=bool(args.ip), out=out)
         return EXIT_PROBLEMS if unknown else EXIT_OK
-
-    cymru = CymruBulkClient(
-        setting("CYMRU_HOST"),
-        int(setting("CYMRU_PORT")),
-        timeout_s=float(setting("CYMRU_TIMEOUT_S")),
-        batch_size=int(setting("CYMRU_BATCH_SIZE")),
-        max_parallel=int(setting("CYMRU_MAX_PARALLEL")),
-    )
-    greynoise = None
     try:
-        lookup_greynoise = None
-        if api_key:
-            greynoise = GreyNoiseClient(
-                setting("GREYNOISE_API_URL"), api_key, rate_per_s=float(setting("GREYNOISE_RATE_PER_S"))
-            )
-            budget = GreyNoiseDailyBudget(engine, int(setting("GREYNOISE_DAILY_LIMIT")))
-            lookup_greynoise = budgeted_greynoise(greynoise, budget)
-        report = refresh(
-            engine,
-            ips,
-            geoip=geoip,
-            cymru=cymru,
-            greynoise=lookup_greynoise,
-            policy=policy,
-            chunk_size=int(setting("REFRESH_CHUNK_SIZE")),
-            force=bool(args.ip),
-            on_chunk=lambda chunk: _print_chunk(chunk, out),
-        )
+        counts = _refresh(setup, ips, force=bool(args.ip), out=out)
     except GreyNoiseAuthError as error:  # its message never carries the key
         print(f"error: {error} (the answers of finished chunks are saved)", file=sys.stderr)
         return EXIT_PROBLEMS
-    finally:
-        if greynoise is not None:
-            greynoise.close()
-    counts = report.counts()
     print(", ".join(f"{name} {value}" for name, value in counts.items()), file=out)
     if args.verbose:
-        _print_rows(engine, ips, out)
+        _print_rows(setup.engine, ips, out)
     failed = counts["cymru_failed"] + counts["greynoise_failed"]
     return EXIT_PROBLEMS if unknown or failed else EXIT_OK
 
 
-def _print_plan(
-    engine: Engine,
-    ips: list[str],
-    geoip: GeoIpLookup,
-    policy: FreshnessPolicy,
-    *,
-    greynoise_enabled: bool,
-    force: bool,
-    out: TextIO,
-) -> None:
+def _set_up() -> _Setup:
+    """The resources of the Definitions with their values resolved; their clients enforce the same limits."""
+    resources = build_resources(resolved=True)
+    maxmind = resources["maxmind"].lookup()
+    return _Setup(
+        engine=resources["inventory"].engine(),
+        maxmind=maxmind,
+        policy=resources["freshness"].policy(MaxMindBuilds.of(maxmind)),
+        cymru=resources["cymru"].build_client(),
+        greynoise=resources["greynoise"],
+        chunk_size=int(setting("REFRESH_CHUNK_SIZE")),
+    )
+
+
+def _chosen_ips(setup: _Setup, args: argparse.Namespace, out: TextIO) -> tuple[list[str], list[str]]:
+    """The IPs to refresh (named ones that are in the inventory, or the N stalest) and the unknown named ones."""
+    if not args.ip:
+        now = freshness.utc_now()
+        enabled = setup.greynoise.enabled
+        return select_stalest(setup.engine, args.ips, setup.policy, now=now, greynoise_enabled=enabled), []
+    ips = known_ips(setup.engine, args.ip)
+    unknown = [ip for ip in dict.fromkeys(args.ip) if ip not in ips]
+    for ip in unknown:
+        print(f"{ip}: not in ip_inventory, skipped", file=out)
+    return ips, unknown
+
+
+def _refresh(setup: _Setup, ips: list[str], *, force: bool, out: TextIO) -> dict[str, int]:
+    client = setup.greynoise.client() if setup.greynoise.enabled else None
+    try:
+        lookup_greynoise = None
+        if client is not None:
+            lookup_greynoise = budgeted_greynoise(client, setup.greynoise.daily_budget(setup.engine))
+        report = refresh(
+            setup.engine,
+            ips,
+            maxmind=setup.maxmind,
+            cymru=setup.cymru,
+            greynoise=lookup_greynoise,
+            policy=setup.policy,
+            chunk_size=setup.chunk_size,
+            force=force,
+            on_chunk=lambda chunk: _print_chunk(chunk, out),
+        )
+    finally:
+        if client is not None:
+            client.close()
+    return report.counts()
+
+
+def _print_plan(setup: _Setup, ips: list[str], *, force: bool, out: TextIO) -> None:
     """What a real run would ask: MaxMind is offline, so the plan is exact; nothing goes on the network."""
     print(f"dry run: {len(ips)} IPs; no network, nothing written", file=out)
-    chunk_size = int(setting("REFRESH_CHUNK_SIZE"))
-    for start in range(0, len(ips), chunk_size):
+    for start in range(0, len(ips), setup.chunk_size):
         plan = plan_chunk(
-            engine,
-            ips[start : start + chunk_size],
-            geoip,
-            policy,
+            setup.engine,
+            ips[start : start + setup.chunk_size],
+            setup.maxmind,
+            setup.policy,
             now=freshness.utc_now(),
-            greynoise_enabled=greynoise_enabled,
+            greynoise_enabled=setup.greynoise.enabled,
             force=force,
         )
         asked = {"maxmind": set(plan.maxmind_rewritten), "cymru": set(plan.cymru), "greynoise": set(plan.greynoise)}

@@ -1,5 +1,6 @@
-"""The daily schedule: after each ingest day has ended, materialize it through the whole graph (`enrich_day`).
-It fires on a cron expression in a configurable timezone and skips a day the log sensor already covers."""
+"""The schedules: the daily one materializes each ended ingest day through the whole graph (`enrich_day`), on a
+cron in a configurable timezone, skipping a day the log sensor already covers; the stale refresh runs
+`refresh_stale` every few hours."""
 
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -20,11 +21,14 @@ from dagster import (
 )
 
 from enrichment_pipeline.assets import merged_inventory
+from enrichment_pipeline.jobs import refresh_stale
 from enrichment_pipeline.partitions import ingest_days
 from enrichment_pipeline.settings import setting
 
 if TYPE_CHECKING:  # what define_asset_job returns; not exported by dagster
-    from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
+    from dagster._core.definitions.unresolved_asset_job_definition import (
+        UnresolvedAssetJobDefinition,
+    )
 
 SCHEDULE_NAME = "enrich_day_schedule"
 CRON_ENV, TIMEZONE_ENV = "ENRICHMENT_SCHEDULE_CRON", "ENRICHMENT_SCHEDULE_TZ"
@@ -96,3 +100,14 @@ def build_daily_schedule(job: "UnresolvedAssetJobDefinition") -> ScheduleDefinit
         return RunRequest(partition_key=day, run_key=day, tags={"enrichment/trigger": SCHEDULE_NAME})
 
     return enrich_day_schedule
+
+
+# Every few hours (REFRESH_SCHEDULE, UTC), re-enrich the inventory's most overdue IPs.
+refresh_stale_schedule = ScheduleDefinition(
+    name="refresh_stale_schedule",
+    job=refresh_stale,
+    cron_schedule=setting("REFRESH_SCHEDULE"),
+    execution_timezone="UTC",
+    # Running by default: stale and failed IPs must get refreshed without an operator switching it on.
+    default_status=DefaultScheduleStatus.RUNNING,
+)

@@ -35,7 +35,9 @@ from enrichment_pipeline.resources import CowrieLogDirectory
 from enrichment_pipeline.settings import setting
 
 if TYPE_CHECKING:  # what define_asset_job returns; not exported by dagster
-    from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
+    from dagster._core.definitions.unresolved_asset_job_definition import (
+        UnresolvedAssetJobDefinition,
+    )
 
 SENSOR_NAME = "cowrie_log_sensor"
 INTERVAL_ENV = "COWRIE_SENSOR_INTERVAL_S"

@@ -32,6 +32,7 @@ DEFAULTS: dict[str, str] = {
     "GREYNOISE_RATE_PER_S": "1",
     "GREYNOISE_DAILY_LIMIT": "100",  # requests per UTC day, shared by all runs
     "GREYNOISE_TTL_DAYS": "7",
+    "GREYNOISE_PASS_DEADLINE_S": "300",  # seconds one GreyNoise pass may take; the rest waits for the retry list
     "MAXMIND_TTL_DAYS": "7",  # or sooner, when the City/ASN database build changes
     "CYMRU_TTL_DAYS": "30",
     "REFRESH_SCHEDULE": "0 */6 * * *",  # cron, UTC: the stale-refresh job
@@ -49,23 +50,24 @@ def setting(name: str) -> str:
     return os.environ.get(name) or DEFAULTS[name]
 
 
-def env_str(name: str) -> Any:
-    """`EnvVar(name)` when the variable is set and non-empty, else the embedded default."""
-    return EnvVar(name) if os.environ.get(name) else DEFAULTS[name]
+def env_str(name: str, *, resolved: bool = False) -> Any:
+    """`EnvVar(name)` when the variable is set and non-empty, else the embedded default; with `resolved`, the
+    value itself (for code that runs outside Dagster, such as the command line)."""
+    return EnvVar(name) if os.environ.get(name) and not resolved else setting(name)
 
 
-def env_int(name: str) -> Any:
-    """`EnvVar.int(name)` when set, else the default; a non-integer value fails loudly at load time."""
-    if not os.environ.get(name):
-        return int(DEFAULTS[name])
+def env_int(name: str, *, resolved: bool = False) -> Any:
+    """`EnvVar.int(name)` when set, else the default (with `resolved`, the integer itself); a non-integer
+    value fails loudly at load time."""
+    raw = setting(name)
     try:
-        int(os.environ[name])
+        value = int(raw)
     except ValueError:
-        raise ValueError(f"Environment variable {name} must be an integer, got {os.environ[name]!r}") from None
-    return EnvVar.int(name)
+        raise ValueError(f"Environment variable {name} must be an integer, got {raw!r}") from None
+    return EnvVar.int(name) if os.environ.get(name) and not resolved else value
 
 
-def env_float(name: str) -> float:
+def env_float(name: str, *, resolved: bool = False) -> float:
     """Parsed float (EnvVar has no float form); a malformed value fails loudly at load time."""
     raw = setting(name)
     try:

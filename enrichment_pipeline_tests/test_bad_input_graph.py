@@ -16,11 +16,15 @@ from enrichment_pipeline.core.ips import canonical_ip
 from enrichment_pipeline.resources import (
     CowrieLogDirectory,
     CymruResource,
-    GeoIpResource,
+    FreshnessResource,
     GreyNoiseResource,
     InventoryDatabase,
+    MaxMindResource,
 )
-from enrichment_pipeline.standins.cymru_server import CymruStandinServer, standin_origins
+from enrichment_pipeline.standins.cymru_server import (
+    CymruStandinServer,
+    standin_origins,
+)
 from enrichment_pipeline_tests.support.synthetic_days import (
     UTC,
     database_state,
@@ -52,7 +56,8 @@ def run_day(day: datetime.date, log_dir: Path, db_url: str, standin: CymruStandi
             raise_on_error=False,
             resources={
                 "cowrie_logs": CowrieLogDirectory(log_dir=str(log_dir)),
-                "geoip": GeoIpResource(),
+                "maxmind": MaxMindResource(),
+                "freshness": FreshnessResource(),
                 "cymru": CymruResource(host="127.0.0.1", port=standin.address[1], timeout_s=10, batch_size=4),
                 "inventory": InventoryDatabase(url=db_url),
                 "greynoise": GreyNoiseResource(),

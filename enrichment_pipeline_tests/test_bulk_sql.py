@@ -12,13 +12,13 @@ import pytest
 from sqlalchemy import Engine, MetaData, insert, select
 from sqlalchemy.exc import DBAPIError, StatementError
 
-from enrichment_pipeline.core import bulk_sql
 from enrichment_pipeline.core.inventory import (
     DAILY_ACTIVITY,
     INVENTORY,
     DayActivity,
     LookupFailure,
     SourceUpdate,
+    bulk_sql,
     fetch_failures,
     fetch_inventory,
     upsert_day,

@@ -4,7 +4,13 @@ loopback, faults injected), by themselves after the inventory was damaged, and t
 from datetime import UTC, date, datetime
 
 import pytest
-from dagster import AssetCheckSeverity, AssetSelection, Definitions, define_asset_job, instance_for_test
+from dagster import (
+    AssetCheckSeverity,
+    AssetSelection,
+    Definitions,
+    define_asset_job,
+    instance_for_test,
+)
 from sqlalchemy import delete
 
 from enrichment_pipeline.checks import (
@@ -14,9 +20,21 @@ from enrichment_pipeline.checks import (
     day_coverage,
     every_ingested_ip_in_inventory,
 )
-from enrichment_pipeline.core.inventory import DAILY_ACTIVITY, INVENTORY, DayActivity, SourceUpdate, upsert_day
+from enrichment_pipeline.core.inventory import (
+    DAILY_ACTIVITY,
+    INVENTORY,
+    DayActivity,
+    SourceUpdate,
+    upsert_day,
+)
 from enrichment_pipeline.definitions import defs
-from enrichment_pipeline.resources import CowrieLogDirectory, CymruResource, GeoIpResource, InventoryDatabase
+from enrichment_pipeline.resources import (
+    CowrieLogDirectory,
+    CymruResource,
+    FreshnessResource,
+    InventoryDatabase,
+    MaxMindResource,
+)
 from enrichment_pipeline_tests.support.expected_ips import distinct_valid_ips
 
 DAY = "2018-05-07"  # 36 distinct source IPs, all globally routable: the stand-in routes every one
@@ -28,7 +46,8 @@ def project(tmp_path, sample_log_dir, standin) -> Definitions:
     resources = {
         **defs.resources,
         "cowrie_logs": CowrieLogDirectory(log_dir=str(sample_log_dir)),
-        "geoip": GeoIpResource(),  # no ASN database: every IP goes to Cymru
+        "maxmind": MaxMindResource(),  # no ASN database: every IP goes to Cymru
+        "freshness": FreshnessResource(),
         "cymru": CymruResource(host="127.0.0.1", port=standin.address[1], timeout_s=5, batch_size=10),
         "inventory": InventoryDatabase(url=f"sqlite:///{tmp_path / 'inventory.sqlite'}"),
     }

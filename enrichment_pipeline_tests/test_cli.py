@@ -14,16 +14,29 @@ import pytest
 
 from enrichment_pipeline.cli import main
 from enrichment_pipeline.core import freshness
-from enrichment_pipeline.core.inventory import create_schema, fetch_failures, fetch_inventory, make_engine
-from enrichment_pipeline.core.geoip import GeoIpLookup
+from enrichment_pipeline.core.inventory import (
+    create_schema,
+    fetch_failures,
+    fetch_inventory,
+    make_engine,
+)
+from enrichment_pipeline.core.maxmind import MaxMindLookup
 from enrichment_pipeline_tests.support.cymru_standin import sent
-from enrichment_pipeline_tests.support.refresh_inventory import ALL, GLOBAL_V4, KEY, T0, WITH_ASN, WITHOUT_ASN, seed
+from enrichment_pipeline_tests.support.refresh_inventory import (
+    ALL,
+    GLOBAL_V4,
+    KEY,
+    T0,
+    WITH_ASN,
+    WITHOUT_ASN,
+    seed,
+)
 
 LATER = T0 + timedelta(days=31)
 
 
 @pytest.fixture
-def env(tmp_path: Path, geoip: GeoIpLookup, standin, monkeypatch: pytest.MonkeyPatch) -> str:
+def env(tmp_path: Path, geoip: MaxMindLookup, standin, monkeypatch: pytest.MonkeyPatch) -> str:
     """An expired inventory of five IPs; the environment points the command at it and at the stand-in."""
     db_url = f"sqlite:///{tmp_path / 'inventory.sqlite'}"
     engine = make_engine(db_url)

@@ -18,16 +18,24 @@ from dagster import DagsterInstance, materialize
 from sqlalchemy import func, select
 
 from enrichment_pipeline.assets import enrichment_assets
-from enrichment_pipeline.core.inventory import DAILY_ACTIVITY, fetch_inventory, make_engine
+from enrichment_pipeline.core.inventory import (
+    DAILY_ACTIVITY,
+    fetch_inventory,
+    make_engine,
+)
 from enrichment_pipeline.resources import (
     CowrieLogDirectory,
     CymruResource,
-    GeoIpResource,
+    FreshnessResource,
     GreyNoiseResource,
     InventoryDatabase,
+    MaxMindResource,
 )
 from enrichment_pipeline.standins.asn_database import write_asn_database
-from enrichment_pipeline.standins.cymru_server import CymruStandinServer, standin_origins
+from enrichment_pipeline.standins.cymru_server import (
+    CymruStandinServer,
+    standin_origins,
+)
 from enrichment_pipeline_tests.support.postgres import FreshDatabase
 from enrichment_pipeline_tests.support.synthetic_days import (
     database_state,
@@ -80,7 +88,8 @@ def _materialize_day(day: str, setup: Setup) -> RunReport:
         run_config=QUIET,
         resources={
             "cowrie_logs": CowrieLogDirectory(log_dir=setup.log_dir),
-            "geoip": GeoIpResource(asn_db=setup.asn_db),
+            "maxmind": MaxMindResource(asn_db=setup.asn_db),
+            "freshness": FreshnessResource(),
             "cymru": CymruResource(host="127.0.0.1", port=setup.cymru_port, timeout_s=30, batch_size=10),
             "inventory": InventoryDatabase(url=setup.db_url),
             "greynoise": GreyNoiseResource(),

@@ -26,9 +26,10 @@ from enrichment_pipeline.core.inventory import Base, fetch_inventory, make_engin
 from enrichment_pipeline.resources import (
     CowrieLogDirectory,
     CymruResource,
-    GeoIpResource,
+    FreshnessResource,
     GreyNoiseResource,
     InventoryDatabase,
+    MaxMindResource,
 )
 from enrichment_pipeline.settings import PROJECT_ROOT
 from enrichment_pipeline.standins.cymru_server import CymruStandinServer
@@ -70,7 +71,8 @@ def materialize_in_process(day: datetime.date, log_dir: Path, db_url: str) -> No
             instance=instance,
             resources={
                 "cowrie_logs": CowrieLogDirectory(log_dir=str(log_dir)),
-                "geoip": GeoIpResource(),
+                "maxmind": MaxMindResource(),
+                "freshness": FreshnessResource(),
                 "cymru": CymruResource(host="127.0.0.1", port=standin.address[1], batch_size=CYMRU_BATCH),
                 "inventory": InventoryDatabase(url=db_url),
                 "greynoise": GreyNoiseResource(),

@@ -12,8 +12,16 @@ from contextlib import contextmanager
 
 import pytest
 
-from enrichment_pipeline.core.whois import BatchOutcome, CymruBulkClient, CymruError, CymruOrigin
-from enrichment_pipeline.standins.cymru_server import CymruStandinServer, standin_origins
+from enrichment_pipeline.core.cymru import (
+    BatchOutcome,
+    CymruBulkClient,
+    CymruError,
+    CymruOrigin,
+)
+from enrichment_pipeline.standins.cymru_server import (
+    CymruStandinServer,
+    standin_origins,
+)
 
 
 def global_ips(count: int, start: str = "45.0.0.1") -> list[str]:

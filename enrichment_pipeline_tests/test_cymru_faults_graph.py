@@ -10,20 +10,39 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dagster import AssetCheckSeverity, DagsterInstance, Definitions, ExecuteInProcessResult
+from dagster import (
+    AssetCheckSeverity,
+    DagsterInstance,
+    Definitions,
+    ExecuteInProcessResult,
+)
 
-from enrichment_pipeline.core.inventory import fetch_failures, fetch_inventory, make_engine
-from enrichment_pipeline.core.whois import CymruOrigin
-from enrichment_pipeline.definitions import build_resources, defs
+from enrichment_pipeline.core.cymru import CymruOrigin
+from enrichment_pipeline.core.inventory import (
+    fetch_failures,
+    fetch_inventory,
+    make_engine,
+)
+from enrichment_pipeline.definitions import defs
 from enrichment_pipeline.resources import (
     CowrieLogDirectory,
     CymruResource,
-    GeoIpResource,
+    FreshnessResource,
     GreyNoiseResource,
     InventoryDatabase,
+    MaxMindResource,
+    build_resources,
 )
-from enrichment_pipeline.standins.cymru_server import CymruStandinServer, standin_origins
-from enrichment_pipeline_tests.support.synthetic_days import UTC, event, public_ips, write_day
+from enrichment_pipeline.standins.cymru_server import (
+    CymruStandinServer,
+    standin_origins,
+)
+from enrichment_pipeline_tests.support.synthetic_days import (
+    UTC,
+    event,
+    public_ips,
+    write_day,
+)
 
 DAY = datetime.date(2018, 5, 5)
 IPS = sorted(public_ips(12, seed=5))  # the ingest asset sorts by IP text: batches are consecutive runs of 4
@@ -57,7 +76,8 @@ def enrich_day(log_dir: Path, db_url: str, cymru_port: int, instance: DagsterIns
     """The project's `enrich_day` job with its asset checks; no MaxMind ASN database, so every IP goes to Cymru."""
     resources = {
         "cowrie_logs": CowrieLogDirectory(log_dir=str(log_dir)),
-        "geoip": GeoIpResource(),
+        "maxmind": MaxMindResource(),
+        "freshness": FreshnessResource(),
         "cymru": CymruResource(host="127.0.0.1", port=cymru_port, timeout_s=TIMEOUT_S, batch_size=BATCH),
         "inventory": InventoryDatabase(url=db_url),
         "greynoise": GreyNoiseResource(),

@@ -11,8 +11,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from enrichment_pipeline.core.whois import CymruOrigin, parse_bulk_reply
-from enrichment_pipeline.standins.cymru_server import CymruStandinServer, standin_origins
+from enrichment_pipeline.core.cymru import CymruOrigin, parse_bulk_reply
+from enrichment_pipeline.standins.cymru_server import (
+    CymruStandinServer,
+    standin_origins,
+)
 
 BANNER = re.compile(r"Bulk mode; OFFLINE STAND-IN \(not Team Cymru\) \[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \+0000\]")
 VERBOSE_HEADER = "AS      | IP               | BGP Prefix          | CC | Registry | Allocated  | AS Name"

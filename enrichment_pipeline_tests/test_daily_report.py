@@ -11,8 +11,20 @@ from typing import Any
 from dagster import DagsterInstance
 
 from enrichment_pipeline.core.greynoise import GreyNoiseAnswer
-from enrichment_pipeline.core.inventory import DayActivity, SourceUpdate, fetch_inventory, ips_seen_on, upsert_day
-from enrichment_pipeline.core.report import NOT_LOOKED_UP, NOT_OBSERVED, UNKNOWN, build_daily_report, greynoise_bucket
+from enrichment_pipeline.core.inventory import (
+    DayActivity,
+    SourceUpdate,
+    fetch_inventory,
+    ips_seen_on,
+    upsert_day,
+)
+from enrichment_pipeline.core.report import (
+    NOT_LOOKED_UP,
+    NOT_OBSERVED,
+    UNKNOWN,
+    build_daily_report,
+    greynoise_bucket,
+)
 from enrichment_pipeline.resources import GreyNoiseResource, InventoryDatabase
 from enrichment_pipeline.standins.cymru_server import CymruStandinServer
 from enrichment_pipeline_tests.support.graph_run import run_day

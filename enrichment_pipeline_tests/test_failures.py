@@ -10,7 +10,7 @@ import pytest
 from dagster import DagsterInstance
 from sqlalchemy import Engine
 
-from enrichment_pipeline.core import inventory
+from enrichment_pipeline.core.greynoise import skip_reason
 from enrichment_pipeline.core.inventory import (
     DayActivity,
     LookupFailure,
@@ -19,13 +19,13 @@ from enrichment_pipeline.core.inventory import (
     fetch_failures,
     fetch_inventory,
     make_engine,
+    upsert,
     upsert_day,
     upsert_enrichment,
 )
-from enrichment_pipeline.core.greynoise import skip_reason
-from enrichment_pipeline_tests.support.greynoise_server import status
 from enrichment_pipeline_tests.support.expected_ips import distinct_valid_ips
 from enrichment_pipeline_tests.support.graph_run import keyed_greynoise, run_day
+from enrichment_pipeline_tests.support.greynoise_server import status
 
 DAY = date(2018, 5, 6)
 NOW = datetime(2018, 5, 7, 2, 0, tzinfo=UTC)
@@ -96,13 +96,13 @@ def test_a_maxmind_asn_settles_a_cymru_failure_that_would_never_be_retried(engin
 def test_failures_roll_back_with_the_rest_of_the_day(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     fail_day(engine, NOW, LookupFailure(A, "cymru", "first"))
     before_failures, before_rows = fetch_failures(engine), fetch_inventory(engine)
-    write_failures = inventory._write_failures
+    write_failures = upsert._write_failures
 
     def write_then_crash(*args: Any) -> Any:
         write_failures(*args)
         raise RuntimeError("crash after the retry list was written")
 
-    monkeypatch.setattr(inventory, "_write_failures", write_then_crash)
+    monkeypatch.setattr(upsert, "_write_failures", write_then_crash)
     with pytest.raises(RuntimeError, match="crash"):
         fail_day(engine, NOW + timedelta(hours=1), LookupFailure(A, "cymru", "second"), LookupFailure(B, "cymru", "x"))
 

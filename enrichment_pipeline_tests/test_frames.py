@@ -9,7 +9,7 @@ import orjson
 import pandas as pd
 
 from enrichment_pipeline.core.activity import SourceIpActivity
-from enrichment_pipeline.core.freshness import MaxMindBuilds
+from enrichment_pipeline.core.cymru import BulkLookupResult, CymruAnswer, CymruOrigin
 from enrichment_pipeline.core.frames import (
     cymru_frame,
     day_activity,
@@ -19,9 +19,9 @@ from enrichment_pipeline.core.frames import (
     source_updates,
     sources_frame,
 )
-from enrichment_pipeline.core.geoip import MaxMindRecord
+from enrichment_pipeline.core.freshness import MaxMindBuilds
 from enrichment_pipeline.core.inventory import DayActivity
-from enrichment_pipeline.core.whois import BulkLookupResult, CymruAnswer, CymruOrigin
+from enrichment_pipeline.core.maxmind import MaxMindRecord
 
 UTC = datetime.timezone.utc
 NOON = datetime.datetime(2018, 5, 7, 12, 0, 0, 123456, tzinfo=UTC)

@@ -20,6 +20,7 @@ from enrichment_pipeline.core.freshness import (
     is_fresh,
     retry_delay,
 )
+from enrichment_pipeline.core.greynoise import skip_reason
 from enrichment_pipeline.core.inventory import (
     LookupFailure,
     SourceUpdate,
@@ -30,8 +31,7 @@ from enrichment_pipeline.core.inventory import (
     stalest_ips,
     upsert_day,
 )
-from enrichment_pipeline.core.geoip import GeoIpLookup
-from enrichment_pipeline.core.greynoise import skip_reason
+from enrichment_pipeline.core.maxmind import MaxMindLookup
 from enrichment_pipeline_tests.support.expected_ips import distinct_valid_ips
 from enrichment_pipeline_tests.support.graph_run import keyed_greynoise, run_day
 
@@ -287,5 +287,5 @@ def test_a_replaced_maxmind_database_rewrites_maxmind_answers_within_the_ttl(
     assert meta["merged_inventory"]["maxmind_skipped_fresh"].value == 0
     stored = {row["enrichment"]["maxmind"][ASN_BUILD_KEY] for row in fetch_inventory(make_engine(db_url), ips)}
     assert stored == {1_600_086_400}
-    city_build = GeoIpLookup().city_info.build_epoch
+    city_build = MaxMindLookup().city_info.build_epoch
     assert {row["enrichment"]["maxmind"][CITY_BUILD_KEY] for row in fetch_inventory(make_engine(db_url))} == {city_build}

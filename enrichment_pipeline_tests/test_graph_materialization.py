@@ -9,9 +9,10 @@ from enrichment_pipeline.core.inventory import fetch_inventory, make_engine
 from enrichment_pipeline.resources import (
     CowrieLogDirectory,
     CymruResource,
-    GeoIpResource,
+    FreshnessResource,
     GreyNoiseResource,
     InventoryDatabase,
+    MaxMindResource,
 )
 from enrichment_pipeline_tests.support.expected_ips import distinct_valid_ips
 from enrichment_pipeline_tests.support.graph_run import ASN_DB_DAY, run_day
@@ -77,7 +78,8 @@ def test_a_missing_day_fails_with_the_file_and_the_env_var_named(tmp_path, stand
             raise_on_error=False,
             resources={
                 "cowrie_logs": CowrieLogDirectory(log_dir=str(tmp_path)),
-                "geoip": GeoIpResource(),
+                "maxmind": MaxMindResource(),
+                "freshness": FreshnessResource(),
                 "cymru": CymruResource(host="127.0.0.1", port=standin.address[1]),
                 "inventory": InventoryDatabase(url=f"sqlite:///{tmp_path / 'inventory.sqlite'}"),
                 "greynoise": GreyNoiseResource(),

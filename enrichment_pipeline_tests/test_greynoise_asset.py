@@ -12,29 +12,49 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from dagster import DagsterInstance, EnvVar, instance_for_test, materialize, serialize_value
+from dagster import (
+    DagsterInstance,
+    EnvVar,
+    instance_for_test,
+    materialize,
+    serialize_value,
+)
 
-from enrichment_pipeline.assets import cowrie_source_ips, enrichment_assets, greynoise_results
+from enrichment_pipeline.assets import (
+    cowrie_source_ips,
+    enrichment_assets,
+    greynoise_results,
+)
 from enrichment_pipeline.assets.greynoise import NO_KEY_NOTE
+from enrichment_pipeline.core.eligibility import SKIP_IPV6, SKIP_NOT_GLOBAL
+from enrichment_pipeline.core.frames import GREYNOISE_COLUMNS
 from enrichment_pipeline.core.greynoise import (
     AUTH_MESSAGE,
     BUDGET_EXHAUSTED,
-    GREYNOISE_COLUMNS,
-    SKIP_IPV6,
-    SKIP_NOT_GLOBAL,
     skip_reason,
 )
-from enrichment_pipeline.core.inventory import SourceUpdate, create_schema, fetch_inventory, make_engine, upsert_day
+from enrichment_pipeline.core.inventory import (
+    SourceUpdate,
+    create_schema,
+    fetch_inventory,
+    make_engine,
+    upsert_day,
+)
 from enrichment_pipeline.resources import (
     CowrieLogDirectory,
     CymruResource,
-    GeoIpResource,
+    FreshnessResource,
     GreyNoiseResource,
     InventoryDatabase,
+    MaxMindResource,
 )
 from enrichment_pipeline.standins.cymru_server import CymruStandinServer
 from enrichment_pipeline_tests.support.expected_ips import distinct_valid_ips
-from enrichment_pipeline_tests.support.greynoise_server import FakeGreyNoise, not_observed, status
+from enrichment_pipeline_tests.support.greynoise_server import (
+    FakeGreyNoise,
+    not_observed,
+    status,
+)
 
 KEY = "gn-asset-secret-8d41f00d"
 KEY_ENV = "GREYNOISE_API_KEY"
@@ -91,6 +111,7 @@ def run_greynoise(sample_log_dir: Path, db_url: str, greynoise: GreyNoiseResourc
             "cowrie_logs": CowrieLogDirectory(log_dir=str(sample_log_dir)),
             "greynoise": greynoise,
             "inventory": InventoryDatabase(url=db_url),
+            "freshness": FreshnessResource(),
         },
         **options,
     )
@@ -109,7 +130,8 @@ def run_graph(sample_log_dir: Path, db_url: str, cymru_port: int, greynoise: Gre
         instance=instance,
         resources={
             "cowrie_logs": CowrieLogDirectory(log_dir=str(sample_log_dir)),
-            "geoip": GeoIpResource(),
+            "maxmind": MaxMindResource(),
+            "freshness": FreshnessResource(),
             "cymru": CymruResource(host="127.0.0.1", port=cymru_port, timeout_s=10),
             "inventory": InventoryDatabase(url=db_url),
             "greynoise": greynoise,
@@ -201,7 +223,7 @@ def test_answers_younger_than_the_ttl_are_not_asked_again_and_older_ones_are(
     create_schema(engine)
     now = datetime.now(UTC)
     answer = {"observed": True, "noise": True, "riot": False, "classification": "malicious"}
-    greynoise = greynoise_resource(server, key=KEY, ttl_days=7)
+    greynoise = greynoise_resource(server, key=KEY)  # FreshnessResource(): GreyNoise answers keep 7 days
     for ips, updated in ((fresh, now - timedelta(days=6)), (stale, now - timedelta(days=7, minutes=1))):
         upsert_day(engine, date(2018, 5, 1), [], [SourceUpdate(ip, greynoise=answer) for ip in ips], now=updated)
 

@@ -14,19 +14,21 @@ from datetime import UTC, date, datetime, timedelta
 
 import pandas as pd
 import pytest
-from sqlalchemy import Engine
 
+from enrichment_pipeline.core.eligibility import SKIP_IPV6, SKIP_NOT_GLOBAL, SKIP_NOT_IP
+from enrichment_pipeline.core.frames import (
+    GREYNOISE_COLUMNS,
+    greynoise_enrichment,
+    greynoise_frame,
+    records,
+    status_counts,
+)
 from enrichment_pipeline.core.greynoise import (
     BUDGET_EXHAUSTED,
     CONNECTION_ERROR,
-    GREYNOISE_COLUMNS,
-    GREYNOISE_USAGE,
     INVALID_JSON,
     OVERSIZED_REPLY,
     RATE_LIMITED,
-    SKIP_IPV6,
-    SKIP_NOT_GLOBAL,
-    SKIP_NOT_IP,
     SKIP_REJECTED,
     TIMEOUT,
     UNAVAILABLE,
@@ -34,15 +36,11 @@ from enrichment_pipeline.core.greynoise import (
     GreyNoiseAnswer,
     GreyNoiseAuthError,
     GreyNoiseClient,
-    GreyNoiseDailyBudget,
     GreyNoiseLookupResult,
     budgeted_lookup,
-    greynoise_enrichment,
-    greynoise_frame,
     skip_reason,
-    status_counts,
 )
-from enrichment_pipeline.core.frames import records
+from enrichment_pipeline.core.inventory import GreyNoiseDailyBudget
 from enrichment_pipeline.core.merge import summarize_greynoise
 from enrichment_pipeline_tests.support.greynoise_server import (
     NOT_OBSERVED_MESSAGE,
@@ -471,11 +469,7 @@ def test_the_frame_has_one_typed_row_per_ip_and_answers_round_trip_to_the_invent
 # --- The daily budget table ------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def engine(request) -> Engine:
-    engine = request.getfixturevalue("sqlite_engine" if request.param == "sqlite" else "pg_engine")
-    GREYNOISE_USAGE.drop(engine, checkfirst=True)  # the PostgreSQL database is shared by the session
-    return engine
+# `engine` (support.postgres): a SQLite file and PostgreSQL, each with a new, empty schema.
 
 
 def test_reservations_are_granted_up_to_the_daily_limit_and_given_back(engine):

@@ -22,18 +22,37 @@ from enrichment_pipeline.core.greynoise import (
     UNAVAILABLE,
     UNEXPECTED_ANSWER,
 )
-from enrichment_pipeline.core.inventory import fetch_failures, fetch_inventory, make_engine
+from enrichment_pipeline.core.inventory import (
+    fetch_failures,
+    fetch_inventory,
+    make_engine,
+)
 from enrichment_pipeline.definitions import defs
 from enrichment_pipeline.resources import (
     CowrieLogDirectory,
     CymruResource,
-    GeoIpResource,
+    FreshnessResource,
     GreyNoiseResource,
     InventoryDatabase,
+    MaxMindResource,
 )
-from enrichment_pipeline.standins.cymru_server import CymruStandinServer, standin_origins
-from enrichment_pipeline_tests.support.greynoise_server import FakeGreyNoise, Reply, observed, slow, status
-from enrichment_pipeline_tests.support.synthetic_days import UTC, event, public_ips, write_day
+from enrichment_pipeline.standins.cymru_server import (
+    CymruStandinServer,
+    standin_origins,
+)
+from enrichment_pipeline_tests.support.greynoise_server import (
+    FakeGreyNoise,
+    Reply,
+    observed,
+    slow,
+    status,
+)
+from enrichment_pipeline_tests.support.synthetic_days import (
+    UTC,
+    event,
+    public_ips,
+    write_day,
+)
 
 KEY = "gn-faults-key-0b5e7c"
 DAY = datetime.date(2018, 5, 6)
@@ -97,7 +116,8 @@ def enrich_day(log_dir: Path, db_url: str, cymru: CymruStandinServer, greynoise_
                instance: DagsterInstance) -> ExecuteInProcessResult:
     resources = {
         "cowrie_logs": CowrieLogDirectory(log_dir=str(log_dir)),
-        "geoip": GeoIpResource(),
+        "maxmind": MaxMindResource(),
+        "freshness": FreshnessResource(),
         "cymru": CymruResource(host="127.0.0.1", port=cymru.address[1], timeout_s=10),
         "inventory": InventoryDatabase(url=db_url),
         "greynoise": GreyNoiseResource(

@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, inspect, insert, select, text
+from sqlalchemy import Engine, insert, inspect, select, text
 from sqlalchemy.exc import IntegrityError, StatementError
 
-from enrichment_pipeline.core import inventory
 from enrichment_pipeline.core.inventory import (
     DAILY_ACTIVITY,
     DayActivity,
@@ -28,6 +27,7 @@ from enrichment_pipeline.core.inventory import (
     fresh_ips,
     ips_seen_on,
     make_engine,
+    upsert,
     upsert_day,
 )
 
@@ -237,13 +237,13 @@ def test_failure_after_the_last_write_rolls_back_both_tables(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     inventory_before, daily_before = seed_two_days(engine)
-    write_changes = inventory._write_changes
+    write_changes = upsert._write_changes
 
     def write_then_fail(conn: Any, rows: Any, stored: Any) -> None:
         write_changes(conn, rows, stored)
         raise RuntimeError("crash after writing")
 
-    monkeypatch.setattr(inventory, "_write_changes", write_then_fail)
+    monkeypatch.setattr(upsert, "_write_changes", write_then_fail)
     with pytest.raises(RuntimeError, match="crash after writing"):
         upsert_day(engine, DAY1, [seen(D, DAY1, 9, 1, 2)], [SourceUpdate(A, cymru=CYMRU)], now=LATER)
 
@@ -404,7 +404,7 @@ def test_an_upsert_in_chunks_of_ips_writes_exactly_what_one_chunk_writes(
     reference = make_engine(f"sqlite:///{tmp_path / 'one-chunk.sqlite'}")
     create_schema(reference)
     expected_stats = upsert_history(reference)
-    monkeypatch.setattr(inventory, "MERGE_CHUNK_IPS", 3)  # 20 IPs: 7 chunks, IPv4 and IPv6 in one of them
+    monkeypatch.setattr(upsert, "MERGE_CHUNK_IPS", 3)  # 20 IPs: 7 chunks, IPv4 and IPv6 in one of them
     chunked_stats = upsert_history(engine)
 
     def normalised(stats: UpsertStats) -> tuple[int, ...]:

@@ -10,10 +10,13 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance
 
-from enrichment_pipeline.core.inventory import fetch_inventory, make_engine
+from enrichment_pipeline.core.inventory import (
+    fetch_failures,
+    fetch_inventory,
+    make_engine,
+)
 from enrichment_pipeline.standins.asn_database import write_asn_database
 from enrichment_pipeline.standins.cymru_server import standin_origins
-from enrichment_pipeline.core.inventory import fetch_failures
 from enrichment_pipeline_tests.support.graph_run import keyed_greynoise, run_day
 
 DAY = "2018-05-10"

@@ -7,20 +7,26 @@ from __future__ import annotations
 import copy
 import time
 
+from enrichment_pipeline.core.cymru import BulkLookupResult, CymruAnswer
+from enrichment_pipeline.core.eligibility import needs_cymru
+from enrichment_pipeline.core.frames import (
+    cymru_frame,
+    greynoise_frame,
+    lookup_failures,
+    maxmind_frame,
+    source_updates,
+)
 from enrichment_pipeline.core.freshness import MaxMindBuilds
-from enrichment_pipeline.core.frames import cymru_frame, lookup_failures, maxmind_frame, source_updates
-from enrichment_pipeline.core.geoip import MaxMindRecord
-from enrichment_pipeline.core.greynoise import GreyNoiseAnswer, GreyNoiseLookupResult, greynoise_frame
+from enrichment_pipeline.core.greynoise import GreyNoiseAnswer, GreyNoiseLookupResult
 from enrichment_pipeline.core.inventory import LookupFailure, SourceUpdate
+from enrichment_pipeline.core.maxmind import MaxMindRecord
 from enrichment_pipeline.core.merge import (
     GreyNoiseSummary,
     Summary,
     merge_enrichment,
-    needs_cymru,
     summarize,
     summarize_greynoise,
 )
-from enrichment_pipeline.core.whois import BulkLookupResult, CymruAnswer
 
 IP = "198.51.100.7"
 MAXMIND = {"asn": 64500, "asn_org": "Example Transit", "country_code": "DE"}

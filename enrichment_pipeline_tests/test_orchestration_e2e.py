@@ -23,10 +23,21 @@ from sqlalchemy.engine import make_url
 
 from enrichment_pipeline.core.inventory import fetch_inventory, ips_seen_on, make_engine
 from enrichment_pipeline.definitions import defs
-from enrichment_pipeline.resources import CowrieLogDirectory, CymruResource, GeoIpResource, InventoryDatabase
+from enrichment_pipeline.resources import (
+    CowrieLogDirectory,
+    CymruResource,
+    FreshnessResource,
+    InventoryDatabase,
+    MaxMindResource,
+)
 from enrichment_pipeline.sensors import SENSOR_NAME, LogCursor
 from enrichment_pipeline.standins.cymru_server import CymruStandinServer
-from enrichment_pipeline_tests.support.dagster_services import PROJECT_ROOT, DagsterServices, ServiceError, wait_for
+from enrichment_pipeline_tests.support.dagster_services import (
+    PROJECT_ROOT,
+    DagsterServices,
+    ServiceError,
+    wait_for,
+)
 from enrichment_pipeline_tests.support.expected_ips import distinct_valid_ips
 from enrichment_pipeline_tests.support.postgres import FreshDatabase
 
@@ -202,7 +213,8 @@ def asset_job_from_env():
     resources = {
         **defs.resources,
         "cowrie_logs": CowrieLogDirectory(log_dir=os.environ["REEXEC_LOG_DIR"]),
-        "geoip": GeoIpResource(),
+        "maxmind": MaxMindResource(),
+        "freshness": FreshnessResource(),
         "cymru": CymruResource(host="127.0.0.1", port=int(os.environ["REEXEC_CYMRU_PORT"]), timeout_s=5),
         "inventory": InventoryDatabase(url=os.environ["REEXEC_DB_URL"]),
     }

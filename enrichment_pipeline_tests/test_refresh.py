@@ -6,21 +6,50 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from dagster import DagsterInstance, DefaultScheduleStatus, RunRequest, build_schedule_context
+from dagster import (
+    DagsterInstance,
+    DefaultScheduleStatus,
+    RunRequest,
+    build_schedule_context,
+)
 from sqlalchemy import Engine, select
 
+from enrichment_pipeline.core.cymru import CymruBulkClient
 from enrichment_pipeline.core.freshness import FreshnessPolicy, MaxMindBuilds
-from enrichment_pipeline.core.geoip import GeoIpLookup
-from enrichment_pipeline.core.inventory import DAILY_ACTIVITY, fetch_failures, fetch_inventory
-from enrichment_pipeline.core.refresh import plan_chunk, refresh, select_stalest
-from enrichment_pipeline.core.whois import CymruBulkClient
-from enrichment_pipeline.refresh import refresh_stale, refresh_stale_schedule
-from enrichment_pipeline.core.greynoise import BUDGET_EXHAUSTED, GreyNoiseAuthError, GreyNoiseClient, GreyNoiseDailyBudget
-from enrichment_pipeline.core.refresh import budgeted_greynoise
-from enrichment_pipeline.resources import CymruResource, GeoIpResource, GreyNoiseResource, InventoryDatabase
+from enrichment_pipeline.core.greynoise import (
+    BUDGET_EXHAUSTED,
+    GreyNoiseAuthError,
+    GreyNoiseClient,
+)
+from enrichment_pipeline.core.inventory import (
+    DAILY_ACTIVITY,
+    GreyNoiseDailyBudget,
+    fetch_failures,
+    fetch_inventory,
+)
+from enrichment_pipeline.core.maxmind import MaxMindLookup
+from enrichment_pipeline.core.reenrich import (
+    budgeted_greynoise,
+    plan_chunk,
+    refresh,
+    select_stalest,
+)
+from enrichment_pipeline.jobs import refresh_stale
+from enrichment_pipeline.resources import (
+    CymruResource,
+    FreshnessResource,
+    GreyNoiseResource,
+    InventoryDatabase,
+    MaxMindResource,
+)
+from enrichment_pipeline.schedules import refresh_stale_schedule
 from enrichment_pipeline.standins.cymru_server import CymruStandinServer
 from enrichment_pipeline_tests.support.cymru_standin import sent
-from enrichment_pipeline_tests.support.greynoise_server import FakeGreyNoise, not_observed, status
+from enrichment_pipeline_tests.support.greynoise_server import (
+    FakeGreyNoise,
+    not_observed,
+    status,
+)
 from enrichment_pipeline_tests.support.refresh_inventory import (
     ALL,
     GLOBAL_V4,
@@ -33,7 +62,7 @@ from enrichment_pipeline_tests.support.refresh_inventory import (
 )
 
 
-def policy_for(geoip: GeoIpLookup) -> FreshnessPolicy:
+def policy_for(geoip: MaxMindLookup) -> FreshnessPolicy:
     return FreshnessPolicy.from_days(7, 30, 7, MaxMindBuilds.of(geoip))
 
 
@@ -48,7 +77,7 @@ def daily_rows(engine: Engine) -> list[tuple]:
 
 def run_refresh(engine, ips, geoip, server, now, greynoise=None, **options):
     return refresh(
-        engine, ips, geoip=geoip, cymru=client(server), greynoise=greynoise, policy=policy_for(geoip),
+        engine, ips, maxmind=geoip, cymru=client(server), greynoise=greynoise, policy=policy_for(geoip),
         clock=lambda: now, **{"chunk_size": 1000, **options},
     )
 
@@ -156,7 +185,8 @@ def test_refresh_job_runs_in_dagster_and_reports_counts(tmp_path, geoip, standin
 
     db_url = f"sqlite:///{tmp_path / 'inventory.sqlite'}"
     resources = {
-        "geoip": GeoIpResource(asn_db=geoip.asn_info.path),
+        "maxmind": MaxMindResource(asn_db=geoip.asn_info.path),
+        "freshness": FreshnessResource(),
         "cymru": CymruResource(host="127.0.0.1", port=standin.address[1], timeout_s=5),
         "inventory": InventoryDatabase(url=db_url),
         "greynoise": GreyNoiseResource(),  # no key: GreyNoise sits this run out
@@ -264,7 +294,8 @@ def test_refresh_job_with_a_greynoise_key(tmp_path, geoip, standin, refresh_grey
     db_url = f"sqlite:///{tmp_path / 'inventory.sqlite'}"
     monkeypatch.setenv("TEST_GREYNOISE_KEY", KEY)
     resources = {
-        "geoip": GeoIpResource(asn_db=geoip.asn_info.path),
+        "maxmind": MaxMindResource(asn_db=geoip.asn_info.path),
+        "freshness": FreshnessResource(),
         "cymru": CymruResource(host="127.0.0.1", port=standin.address[1], timeout_s=5),
         "inventory": InventoryDatabase(url=db_url),
         "greynoise": GreyNoiseResource(

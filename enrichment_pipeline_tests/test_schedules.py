@@ -16,7 +16,12 @@ from dagster import (
 from dagster._core.test_utils import create_run_for_test
 
 from enrichment_pipeline.definitions import defs, enrich_day_job
-from enrichment_pipeline.schedules import CRON_ENV, SCHEDULE_NAME, TIMEZONE_ENV, build_daily_schedule
+from enrichment_pipeline.schedules import (
+    CRON_ENV,
+    SCHEDULE_NAME,
+    TIMEZONE_ENV,
+    build_daily_schedule,
+)
 
 
 def tick(schedule, when: datetime, instance=None):

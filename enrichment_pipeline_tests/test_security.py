@@ -24,19 +24,34 @@ from sqlalchemy import inspect as inspect_schema
 from sqlalchemy.engine import make_url
 
 from enrichment_pipeline.assets import enrichment_assets
-from enrichment_pipeline.core.inventory import Base, fetch_failures, fetch_inventory, make_engine
-from enrichment_pipeline.core.whois import CymruOrigin
+from enrichment_pipeline.core.cymru import CymruOrigin
+from enrichment_pipeline.core.inventory import (
+    Base,
+    fetch_failures,
+    fetch_inventory,
+    make_engine,
+)
 from enrichment_pipeline.resources import (
     CowrieLogDirectory,
     CymruResource,
-    GeoIpResource,
+    FreshnessResource,
     GreyNoiseResource,
     InventoryDatabase,
+    MaxMindResource,
 )
 from enrichment_pipeline.settings import PROJECT_ROOT
 from enrichment_pipeline.standins.cymru_server import CymruStandinServer
-from enrichment_pipeline_tests.support.greynoise_server import FakeGreyNoise, observed, status
-from enrichment_pipeline_tests.support.synthetic_days import UTC, database_state, event, write_day
+from enrichment_pipeline_tests.support.greynoise_server import (
+    FakeGreyNoise,
+    observed,
+    status,
+)
+from enrichment_pipeline_tests.support.synthetic_days import (
+    UTC,
+    database_state,
+    event,
+    write_day,
+)
 
 DAY = datetime.date(2018, 5, 4)
 NOON = datetime.datetime(2018, 5, 4, 12, tzinfo=UTC)
@@ -72,7 +87,8 @@ def run_graph(log_dir: Path, db_url: str, cymru: CymruStandinServer, greynoise: 
             instance=instance,
             resources={
                 "cowrie_logs": CowrieLogDirectory(log_dir=str(log_dir)),
-                "geoip": GeoIpResource(),
+                "maxmind": MaxMindResource(),
+                "freshness": FreshnessResource(),
                 "cymru": CymruResource(host="127.0.0.1", port=cymru.address[1], timeout_s=10, batch_size=3),
                 "inventory": InventoryDatabase(url=db_url),
                 "greynoise": greynoise,

@@ -18,7 +18,11 @@ from pathlib import Path
 import pytest
 
 from bench.synthetic_logs import events_per_ip, synthetic_ips, write_day
-from enrichment_pipeline.core.cowrie_log import CowrieLogError, day_log_path, read_day_log
+from enrichment_pipeline.core.cowrie_log import (
+    CowrieLogError,
+    day_log_path,
+    read_day_log,
+)
 from enrichment_pipeline.core.ips import canonical_ip
 
 DAY = datetime.date(2018, 6, 1)

@@ -5,7 +5,15 @@ from datetime import date
 from typing import Any
 
 import pandas as pd
-from dagster import AssetExecutionContext, Backoff, Jitter, MetadataValue, RetryPolicy, TableColumn, TableSchema
+from dagster import (
+    AssetExecutionContext,
+    Backoff,
+    Jitter,
+    MetadataValue,
+    RetryPolicy,
+    TableColumn,
+    TableSchema,
+)
 
 from enrichment_pipeline.core.frames import markdown_table
 

@@ -3,44 +3,38 @@ Team Cymru bulk whois."""
 
 
 import time
-from datetime import timedelta
 
 import pandas as pd
-from dagster import AssetExecutionContext, Config, MaterializeResult, asset
-from pydantic import Field
+from dagster import AssetExecutionContext, MaterializeResult, asset
 
 from enrichment_pipeline.assets.common import GROUP, NETWORK_RETRY, frame_metadata
-from enrichment_pipeline.core import freshness
+from enrichment_pipeline.core import freshness as clock
+from enrichment_pipeline.core.cymru import BatchOutcome
+from enrichment_pipeline.core.eligibility import needs_cymru_in_frame
 from enrichment_pipeline.core.frames import CYMRU_FAILED, CYMRU_UNROUTED, cymru_frame
 from enrichment_pipeline.core.inventory import fresh_ips
-from enrichment_pipeline.core.whois import BatchOutcome
 from enrichment_pipeline.partitions import ingest_days
-from enrichment_pipeline.resources import CymruResource, InventoryDatabase
-from enrichment_pipeline.settings import env_float
-
-
-class CymruFreshnessConfig(Config):
-    cymru_ttl_days: float = Field(
-        default=env_float("CYMRU_TTL_DAYS"),
-        ge=0,
-        description="A stored Cymru answer (routed or unrouted) younger than this is not asked again (CYMRU_TTL_DAYS).",
-    )
+from enrichment_pipeline.resources import (
+    CymruResource,
+    FreshnessResource,
+    InventoryDatabase,
+)
 
 
 @asset(partitions_def=ingest_days, group_name=GROUP, kinds={"pandas"})
 def ips_needing_cymru(
     context: AssetExecutionContext,
-    config: CymruFreshnessConfig,
     maxmind_results: pd.DataFrame,
     inventory: InventoryDatabase,
+    freshness: FreshnessResource,
 ) -> MaterializeResult:
     """The IPs pass 1 left without an ASN, minus those whose stored Cymru answer is still fresh.
 
     A failed lookup stored no answer, so it is not fresh: every run of a day containing it retries it.
     """
-    without_asn = maxmind_results.loc[maxmind_results["asn"].isna(), "ip"]
-    ttl = timedelta(days=config.cymru_ttl_days)
-    fresh = fresh_ips(inventory.engine(), without_asn, "cymru", ttl, now=freshness.utc_now())
+    without_asn = maxmind_results.loc[needs_cymru_in_frame(maxmind_results), "ip"]
+    ttl = freshness.policy().cymru_ttl
+    fresh = fresh_ips(inventory.engine(), without_asn, "cymru", ttl, now=clock.utc_now())
     frame = pd.DataFrame({"ip": without_asn[~without_asn.isin(fresh)]}).reset_index(drop=True)
     return MaterializeResult(
         value=frame,
@@ -49,7 +43,7 @@ def ips_needing_cymru(
             ips=len(frame),
             had_maxmind_asn=len(maxmind_results) - len(without_asn),
             skipped_fresh=len(fresh),
-            cymru_ttl_days=config.cymru_ttl_days,
+            cymru_ttl_days=freshness.cymru_ttl_days,
         ),
     )
 

@@ -8,16 +8,16 @@ import pandas as pd
 from dagster import AssetExecutionContext, Failure, MaterializeResult, asset
 
 from enrichment_pipeline.assets.common import GROUP, NETWORK_RETRY, frame_metadata
-from enrichment_pipeline.core import freshness
-from enrichment_pipeline.core.greynoise import (
-    GreyNoiseAuthError,
-    budgeted_lookup,
-    greynoise_frame,
-    status_counts,
-)
+from enrichment_pipeline.core import freshness as clock
+from enrichment_pipeline.core.frames import greynoise_frame, status_counts
+from enrichment_pipeline.core.greynoise import GreyNoiseAuthError, budgeted_lookup
 from enrichment_pipeline.core.inventory import fresh_ips
 from enrichment_pipeline.partitions import ingest_days
-from enrichment_pipeline.resources import GreyNoiseResource, InventoryDatabase
+from enrichment_pipeline.resources import (
+    FreshnessResource,
+    GreyNoiseResource,
+    InventoryDatabase,
+)
 
 NO_KEY_NOTE = "GREYNOISE_API_KEY is not set: GreyNoise lookups skipped (rows marked 'disabled')"
 
@@ -34,6 +34,7 @@ def greynoise_results(
     cowrie_source_ips: pd.DataFrame,
     greynoise: GreyNoiseResource,
     inventory: InventoryDatabase,
+    freshness: FreshnessResource,
 ) -> MaterializeResult:
     """GreyNoise community answers (noise, RIOT, classification) per IP: observed, not_observed, fresh, skipped,
     failed (kept for retry) or disabled."""
@@ -54,8 +55,8 @@ def greynoise_results(
         )
 
     engine = inventory.engine()
-    now = freshness.utc_now()
-    fresh = fresh_ips(engine, ips, "greynoise", greynoise.ttl, now=now)
+    now = clock.utc_now()
+    fresh = fresh_ips(engine, ips, "greynoise", freshness.policy().greynoise_ttl, now=now)
     budget = greynoise.daily_budget(engine)
     try:
         with greynoise.client() as client:

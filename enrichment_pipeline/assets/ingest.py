@@ -3,7 +3,13 @@
 
 import time
 
-from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
+from dagster import (
+    AssetExecutionContext,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
 
 from enrichment_pipeline.assets.common import GROUP, frame_metadata, partition_day
 from enrichment_pipeline.core.cowrie_log import CowrieLogError, read_day_log

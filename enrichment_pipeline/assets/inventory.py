@@ -1,28 +1,27 @@
 """Pass 4: merge the passes and upsert the day into `ip_inventory`, with the retry list, in one transaction."""
 
 
-from datetime import timedelta
-
 import pandas as pd
-from dagster import AssetExecutionContext, Backoff, Config, MaterializeResult, MetadataValue, RetryPolicy, asset
-from pydantic import Field
+from dagster import (
+    AssetExecutionContext,
+    Backoff,
+    MaterializeResult,
+    MetadataValue,
+    RetryPolicy,
+    asset,
+)
 
 from enrichment_pipeline.assets.common import GROUP, partition_day
-from enrichment_pipeline.core import freshness
-from enrichment_pipeline.core.frames import day_activity, frame_builds, lookup_failures, source_updates
+from enrichment_pipeline.core import freshness as clock
+from enrichment_pipeline.core.frames import (
+    day_activity,
+    frame_builds,
+    lookup_failures,
+    source_updates,
+)
 from enrichment_pipeline.core.inventory import fresh_ips, upsert_day
 from enrichment_pipeline.partitions import ingest_days
-from enrichment_pipeline.resources import InventoryDatabase
-from enrichment_pipeline.settings import env_float
-
-
-class MaxMindFreshnessConfig(Config):
-    maxmind_ttl_days: float = Field(
-        default=env_float("MAXMIND_TTL_DAYS"),
-        ge=0,
-        description="A stored MaxMind answer younger than this, from the same database builds, is not "
-        "rewritten (MAXMIND_TTL_DAYS).",
-    )
+from enrichment_pipeline.resources import FreshnessResource, InventoryDatabase
 
 
 @asset(
@@ -34,26 +33,20 @@ class MaxMindFreshnessConfig(Config):
 )
 def merged_inventory(
     context: AssetExecutionContext,
-    config: MaxMindFreshnessConfig,
     cowrie_source_ips: pd.DataFrame,
     maxmind_results: pd.DataFrame,
     cymru_bulk_results: pd.DataFrame,
     greynoise_results: pd.DataFrame,
     inventory: InventoryDatabase,
+    freshness: FreshnessResource,
 ) -> MaterializeResult:
     """One row per IP: MaxMind first, Cymru as fallback for ASN and country, GreyNoise's verdict; counts
     merged across days. Failed lookups go to `enrichment_failures`; an answer clears its entry."""
     engine = inventory.engine()
-    now = freshness.utc_now()
+    now = clock.utc_now()
     builds = frame_builds(maxmind_results)
-    maxmind_fresh = fresh_ips(
-        engine,
-        maxmind_results["ip"],
-        "maxmind",
-        timedelta(days=config.maxmind_ttl_days),
-        now=now,
-        maxmind_builds=builds,
-    )
+    ttl = freshness.policy().maxmind_ttl
+    maxmind_fresh = fresh_ips(engine, maxmind_results["ip"], "maxmind", ttl, now=now, maxmind_builds=builds)
     updates = source_updates(maxmind_results, cymru_bulk_results, greynoise_results, maxmind_fresh=maxmind_fresh)
     failures = lookup_failures(cymru_bulk_results, greynoise_results)
     stats = upsert_day(

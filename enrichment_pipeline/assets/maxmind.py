@@ -7,22 +7,22 @@ import pandas as pd
 from dagster import AssetExecutionContext, Failure, MaterializeResult, asset
 
 from enrichment_pipeline.assets.common import GROUP, frame_metadata
-from enrichment_pipeline.core.freshness import MaxMindBuilds
 from enrichment_pipeline.core.frames import maxmind_frame
-from enrichment_pipeline.core.geoip import GeoIpError
+from enrichment_pipeline.core.freshness import MaxMindBuilds
+from enrichment_pipeline.core.maxmind import MaxMindError
 from enrichment_pipeline.partitions import ingest_days
-from enrichment_pipeline.resources import GeoIpResource
+from enrichment_pipeline.resources import MaxMindResource
 
 
 @asset(partitions_def=ingest_days, group_name=GROUP, kinds={"pandas"})
 def maxmind_results(
-    context: AssetExecutionContext, cowrie_source_ips: pd.DataFrame, geoip: GeoIpResource
+    context: AssetExecutionContext, cowrie_source_ips: pd.DataFrame, maxmind: MaxMindResource
 ) -> MaterializeResult:
     """Country, city, location and (with an ASN database) ASN per IP; unknown IPs are a normal outcome."""
     started = time.perf_counter()
     try:
-        lookup = geoip.lookup()
-    except GeoIpError as error:  # bad configuration: retrying cannot help
+        lookup = maxmind.lookup()
+    except MaxMindError as error:  # bad configuration: retrying cannot help
         raise Failure(description=str(error), allow_retries=False) from error
     if lookup.asn_warning:
         context.log.warning(lookup.asn_warning)

@@ -6,19 +6,32 @@ back into per-source enrichment objects for the inventory.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import Any
 
 import orjson
 import pandas as pd
 
 from enrichment_pipeline.core.cowrie_log import SourceIpActivity
-from enrichment_pipeline.core.freshness import ASN_BUILD_KEY, CITY_BUILD_KEY, MaxMindBuilds
+from enrichment_pipeline.core.cymru import BulkLookupResult, CymruAnswer, CymruOrigin
+from enrichment_pipeline.core.freshness import (
+    ASN_BUILD_KEY,
+    CITY_BUILD_KEY,
+    MaxMindBuilds,
+)
 from enrichment_pipeline.core.gc_pause import cyclic_gc_paused
-from enrichment_pipeline.core.geoip import MaxMindRecord
-from enrichment_pipeline.core.greynoise import FAILED as GREYNOISE_FAILED
-from enrichment_pipeline.core.greynoise import greynoise_enrichment
-from enrichment_pipeline.core.inventory import DayActivity, LookupFailure, SourceUpdate
-from enrichment_pipeline.core.whois import BulkLookupResult, CymruAnswer, CymruOrigin
+from enrichment_pipeline.core.greynoise import (
+    DISABLED,
+    FAILED,
+    FRESH,
+    NOT_OBSERVED,
+    OBSERVED,
+    SKIPPED,
+    STATUSES,
+    GreyNoiseLookupResult,
+)
+from enrichment_pipeline.core.maxmind import MaxMindRecord
+from enrichment_pipeline.core.records import DayActivity, LookupFailure, SourceUpdate
 
 SOURCE_COLUMNS = {
     "ip": "string",
@@ -194,7 +207,7 @@ def lookup_failures(cymru: pd.DataFrame, greynoise: pd.DataFrame | None = None) 
     """The retry list entries of this run: every failed Cymru row and every failed GreyNoise row."""
     failed = [LookupFailure(row["ip"], "cymru", _error_text(row)) for row in _rows(cymru, CYMRU_FAILED)]
     if greynoise is not None:
-        failed += [LookupFailure(row["ip"], "greynoise", _error_text(row)) for row in _rows(greynoise, GREYNOISE_FAILED)]
+        failed += [LookupFailure(row["ip"], "greynoise", _error_text(row)) for row in _rows(greynoise, FAILED)]
     return failed
 
 
@@ -205,6 +218,58 @@ def _rows(frame: pd.DataFrame, status: str) -> list[dict]:
 def _error_text(row: dict) -> str:
     error = row.get("error")
     return str(error) if error else "lookup failed"
+
+
+GREYNOISE_COLUMNS = {
+    "ip": "string",
+    "status": "string",  # observed | not_observed | fresh | skipped | failed | disabled
+    "noise": "boolean",
+    "riot": "boolean",
+    "classification": "string",
+    "name": "string",
+    "link": "string",
+    "last_seen": "string",
+    "message": "string",
+    "error": "string",  # why a skipped or failed IP has no answer
+}
+_ANSWER_FIELDS = ("observed", "noise", "riot", "classification", "name", "link", "last_seen", "message")
+
+
+def greynoise_frame(
+    ips: Iterable[str], result: GreyNoiseLookupResult | None, *, fresh: Collection[str] = frozenset()
+) -> pd.DataFrame:
+    """One row per IP of the day. `result` None means GreyNoise is disabled: every row is "disabled"."""
+    rows = []
+    for ip in dict.fromkeys(ips):
+        row: dict[str, Any] = {"ip": ip}
+        if result is None:
+            row["status"] = DISABLED
+        elif ip in fresh:
+            row["status"] = FRESH
+        elif (answer := result.answers.get(ip)) is not None:
+            row.update(answer.as_dict(), status=OBSERVED if answer.observed else NOT_OBSERVED)
+        elif ip in result.skipped:
+            row.update(status=SKIPPED, error=result.skipped[ip])
+        else:  # an IP nobody accounted for is kept for the retry list, never dropped
+            row.update(status=FAILED, error=result.failed.get(ip, "not looked up"))
+        rows.append(row)
+    frame = pd.DataFrame.from_records(rows, columns=list(GREYNOISE_COLUMNS))
+    return frame.astype(GREYNOISE_COLUMNS).reset_index(drop=True)
+
+
+def greynoise_enrichment(row: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A frame row (of `frames.records`: plain Python values, None where missing) as the inventory's
+    `enrichment["greynoise"]`; None when there is no new answer to store."""
+    if row["status"] not in (OBSERVED, NOT_OBSERVED):
+        return None
+    return {"observed": row["status"] == OBSERVED} | {name: row.get(name) for name in _ANSWER_FIELDS[1:]}
+
+
+def status_counts(frame: pd.DataFrame) -> dict[str, int]:
+    counts = frame["status"].value_counts()
+    return {status: int(counts.get(status, 0)) for status in STATUSES}
+
+
 
 
 def frame_builds(maxmind: pd.DataFrame) -> MaxMindBuilds | None:

@@ -1,5 +1,5 @@
 """When a stored answer is still good: per-source TTLs, the MaxMind database builds, and the retry backoff.
-The inventory's freshness queries apply these rules; assets and the refresh path read the clock here."""
+Each rule in both its Python and its SQL form; assets and the re-enrichment path read the clock here."""
 
 from __future__ import annotations
 
@@ -8,8 +8,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import BigInteger, ColumnElement, and_, cast
+
+from enrichment_pipeline.core.records import SOURCES
+
 if TYPE_CHECKING:
-    from enrichment_pipeline.core.geoip import GeoIpLookup
+    from enrichment_pipeline.core.maxmind import MaxMindLookup
 
 # Keys of enrichment["maxmind"] recording which database builds gave the answer.
 CITY_BUILD_KEY = "city_db_build_epoch"
@@ -33,7 +37,7 @@ class MaxMindBuilds:
     asn: int | None
 
     @classmethod
-    def of(cls, lookup: GeoIpLookup) -> MaxMindBuilds:
+    def of(cls, lookup: MaxMindLookup) -> MaxMindBuilds:
         return cls(lookup.city_info.build_epoch, lookup.asn_info.build_epoch if lookup.asn_info else None)
 
     def as_dict(self) -> dict[str, int | None]:
@@ -43,6 +47,15 @@ class MaxMindBuilds:
     def gave(self, maxmind_answer: Mapping[str, Any]) -> bool:
         """True when a stored MaxMind answer came from exactly these database builds."""
         return maxmind_answer.get(CITY_BUILD_KEY) == self.city and maxmind_answer.get(ASN_BUILD_KEY) == self.asn
+
+    def gave_sql(self, enrichment: Any) -> ColumnElement[bool]:
+        """`gave` for the stored `ip_inventory.enrichment` JSON column."""
+
+        def build(key: str) -> ColumnElement[Any]:
+            # A BIGINT cast keeps the comparison numeric on both backends (epochs outgrow INTEGER in 2038).
+            return cast(enrichment[("maxmind", key)].as_string(), BigInteger)
+
+        return and_(build(CITY_BUILD_KEY).is_not_distinct_from(self.city), build(ASN_BUILD_KEY).is_not_distinct_from(self.asn))
 
 
 @dataclass(frozen=True)
@@ -66,13 +79,21 @@ class FreshnessPolicy:
     def ttl(self, source: str) -> timedelta:
         ttls = {"maxmind": self.maxmind_ttl, "cymru": self.cymru_ttl, "greynoise": self.greynoise_ttl}
         if source not in ttls:
-            raise ValueError(f"unknown source {source!r}: expected one of {', '.join(ttls)}")
+            raise ValueError(f"unknown source {source!r}: expected one of {', '.join(SOURCES)}")
         return ttls[source]
+
+    def with_builds(self, maxmind_builds: MaxMindBuilds | None) -> FreshnessPolicy:
+        return FreshnessPolicy(self.maxmind_ttl, self.cymru_ttl, self.greynoise_ttl, maxmind_builds)
 
 
 def is_fresh(updated_at: datetime | None, ttl: timedelta, now: datetime) -> bool:
     """An answer is fresh while it is younger than `ttl`; exactly `ttl` old is stale, never asked is stale."""
     return updated_at is not None and updated_at > now - ttl
+
+
+def fresh_sql(updated_at: Any, ttl: timedelta, now: datetime) -> ColumnElement[bool]:
+    """`is_fresh` for a timestamp column; never NULL, so its negation is safe too."""
+    return and_(updated_at.is_not(None), updated_at > now - ttl)
 
 
 def expires_at(updated_at: datetime | None, ttl: timedelta) -> datetime:

@@ -1,30 +1,31 @@
-"""GreyNoise Community API: a paced, budgeted HTTP client, its answers as a typed frame, and the daily budget.
+"""GreyNoise Community API: a paced, budgeted HTTP client (the budget itself is kept in the inventory).
 The API key travels only in the `key` request header: never in a URL, a log line, an exception or a repr."""
 
 from __future__ import annotations
 
 import email.utils
-import ipaddress
 import logging
 import re
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import orjson
-import pandas as pd
 import requests
 from requests.adapters import HTTPAdapter
-from sqlalchemy import Column, Date, Engine, Integer, MetaData, Table, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.schema import CreateTable
-from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError, ReadTimeoutError
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    MaxRetryError,
+    NewConnectionError,
+    ReadTimeoutError,
+)
 from urllib3.util.retry import Retry
 
-from enrichment_pipeline.core.ips import canonical_ip, is_ipv4
+from enrichment_pipeline.core.eligibility import greynoise_skip_reason as skip_reason
+from enrichment_pipeline.core.ips import canonical_ip
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +39,6 @@ OBSERVED, NOT_OBSERVED, FRESH, SKIPPED, FAILED, DISABLED = (
 STATUSES: tuple[str, ...] = (OBSERVED, NOT_OBSERVED, FRESH, SKIPPED, FAILED, DISABLED)
 
 # Reasons an IP was skipped (never asked again) or failed (kept for the retry list).
-SKIP_IPV6 = "IPv6: the community API is IPv4-only"
-SKIP_NOT_GLOBAL = "not a global address"
-SKIP_NOT_IP = "not an IP address"
 SKIP_REJECTED = "rejected by GreyNoise (HTTP 400)"
 BUDGET_EXHAUSTED = "daily budget exhausted"
 RATE_LIMITED = "rate limited"
@@ -137,18 +135,6 @@ class GreyNoiseLookupResult:
     skipped: dict[str, str] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     requests_made: int = 0
-
-
-def skip_reason(ip: str) -> str | None:
-    """Why the community API cannot know `ip` (IPv6, private, reserved...), or None if it can be asked."""
-    if not isinstance(ip, str) or canonical_ip(ip) != ip:
-        return SKIP_NOT_IP
-    if not is_ipv4(ip):
-        return SKIP_IPV6
-    address = ipaddress.IPv4Address(ip)
-    if not address.is_global or address.is_multicast:
-        return SKIP_NOT_GLOBAL
-    return None
 
 
 @dataclass(frozen=True)
@@ -455,133 +441,16 @@ def _text(value: object, limit: int) -> str | None:
     return cleaned or None
 
 
-# --- The day's frame -------------------------------------------------------------------------------------
+class RequestBudget(Protocol):
+    """Requests granted per day, shared by every run (`inventory.greynoise_budget.GreyNoiseDailyBudget`)."""
 
-GREYNOISE_COLUMNS = {
-    "ip": "string",
-    "status": "string",  # observed | not_observed | fresh | skipped | failed | disabled
-    "noise": "boolean",
-    "riot": "boolean",
-    "classification": "string",
-    "name": "string",
-    "link": "string",
-    "last_seen": "string",
-    "message": "string",
-    "error": "string",  # why a skipped or failed IP has no answer
-}
-_ANSWER_FIELDS = ("observed", "noise", "riot", "classification", "name", "link", "last_seen", "message")
+    def reserve(self, day: date, wanted: int) -> int: ...
 
-
-def greynoise_frame(
-    ips: Iterable[str], result: GreyNoiseLookupResult | None, *, fresh: Collection[str] = frozenset()
-) -> pd.DataFrame:
-    """One row per IP of the day. `result` None means GreyNoise is disabled: every row is "disabled"."""
-    rows = []
-    for ip in dict.fromkeys(ips):
-        row: dict[str, Any] = {"ip": ip}
-        if result is None:
-            row["status"] = DISABLED
-        elif ip in fresh:
-            row["status"] = FRESH
-        elif (answer := result.answers.get(ip)) is not None:
-            row.update(answer.as_dict(), status=OBSERVED if answer.observed else NOT_OBSERVED)
-        elif ip in result.skipped:
-            row.update(status=SKIPPED, error=result.skipped[ip])
-        else:  # an IP nobody accounted for is kept for the retry list, never dropped
-            row.update(status=FAILED, error=result.failed.get(ip, "not looked up"))
-        rows.append(row)
-    frame = pd.DataFrame.from_records(rows, columns=list(GREYNOISE_COLUMNS))
-    return frame.astype(GREYNOISE_COLUMNS).reset_index(drop=True)
-
-
-def greynoise_enrichment(row: Mapping[str, Any]) -> dict[str, Any] | None:
-    """A frame row (of `frames.records`: plain Python values, None where missing) as the inventory's
-    `enrichment["greynoise"]`; None when there is no new answer to store."""
-    if row["status"] not in (OBSERVED, NOT_OBSERVED):
-        return None
-    return {"observed": row["status"] == OBSERVED} | {name: row.get(name) for name in _ANSWER_FIELDS[1:]}
-
-
-def status_counts(frame: pd.DataFrame) -> dict[str, int]:
-    counts = frame["status"].value_counts()
-    return {status: int(counts.get(status, 0)) for status in STATUSES}
-
-
-# --- The daily budget ------------------------------------------------------------------------------------
-
-GREYNOISE_USAGE = Table(
-    "greynoise_daily_usage",
-    MetaData(),
-    Column("day", Date, primary_key=True),  # UTC day
-    Column("requests", Integer, nullable=False),
-)
-# pg_advisory_xact_lock key serialising concurrent creation of the usage table on PostgreSQL.
-_USAGE_SCHEMA_LOCK_KEY = 0x6E_015E_B0D6
-
-
-class GreyNoiseDailyBudget:
-    """GreyNoise requests per UTC day, counted in the inventory database so every run and process shares them.
-
-    A pass reserves the most it could send, then gives back what it did not use: concurrent passes never
-    together exceed `daily_limit`, and a crash errs on the side of asking less.
-    """
-
-    def __init__(self, engine: Engine, daily_limit: int) -> None:
-        if daily_limit < 0:
-            raise ValueError(f"daily_limit must not be negative, got {daily_limit}")
-        self.engine = engine
-        self.daily_limit = daily_limit
-        with engine.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                # CREATE TABLE IF NOT EXISTS can still collide in two first runs on PostgreSQL.
-                conn.execute(select(func.pg_advisory_xact_lock(_USAGE_SCHEMA_LOCK_KEY)))
-            conn.execute(CreateTable(GREYNOISE_USAGE, if_not_exists=True))
-
-    def used(self, day: date) -> int:
-        with self.engine.connect() as conn:
-            used = conn.scalar(select(GREYNOISE_USAGE.c.requests).where(GREYNOISE_USAGE.c.day == day))
-        return int(used or 0)
-
-    def left(self, day: date) -> int:
-        return max(0, self.daily_limit - self.used(day))
-
-    def reserve(self, day: date, wanted: int) -> int:
-        """Take up to `wanted` requests of `day`'s budget; return how many were granted."""
-        if wanted <= 0:
-            return 0
-        self._ensure_row(day)
-        # One relative UPDATE is atomic on both backends: whoever pushes the count past the limit gets less.
-        total = self._add(day, wanted)
-        granted = max(0, wanted - max(0, total - self.daily_limit))
-        if granted < wanted:
-            self._add(day, granted - wanted)
-        return granted
-
-    def give_back(self, day: date, unused: int) -> None:
-        if unused > 0:
-            self._add(day, -unused)
-
-    def _add(self, day: date, delta: int) -> int:
-        usage = GREYNOISE_USAGE.c
-        statement = (
-            update(GREYNOISE_USAGE)
-            .where(usage.day == day)
-            .values(requests=usage.requests + delta)
-            .returning(usage.requests)
-        )
-        with self.engine.begin() as conn:
-            return int(conn.execute(statement).scalar_one())
-
-    def _ensure_row(self, day: date) -> None:
-        dialect_insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}.get(self.engine.dialect.name)
-        if dialect_insert is None:
-            raise NotImplementedError(f"the GreyNoise budget supports SQLite and PostgreSQL, not {self.engine.dialect.name}")
-        with self.engine.begin() as conn:
-            conn.execute(dialect_insert(GREYNOISE_USAGE).values(day=day, requests=0).on_conflict_do_nothing())
+    def give_back(self, day: date, unused: int) -> None: ...
 
 
 def budgeted_lookup(
-    client: GreyNoiseClient, budget: GreyNoiseDailyBudget, ips: Iterable[str], *, day: date
+    client: GreyNoiseClient, budget: RequestBudget, ips: Iterable[str], *, day: date
 ) -> GreyNoiseLookupResult:
     """`client.lookup` within what is left of `day`'s budget; only the requests actually sent are charged."""
     ips = list(dict.fromkeys(ips))

@@ -6,12 +6,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # only for annotations: inventory imports this module at runtime
-    from enrichment_pipeline.core.inventory import SourceUpdate
-
-SOURCES: tuple[str, ...] = ("maxmind", "cymru", "greynoise")
+from enrichment_pipeline.core.records import SOURCES, SourceUpdate
 
 # AS numbers are unsigned 32-bit (RFC 6793); anything else is not an ASN.
 _MAX_ASN = 2**32 - 1
@@ -65,9 +62,9 @@ def summarize(enrichment: Mapping[str, Any]) -> Summary:
     return Summary(asn=asn, asn_org=asn_org, country_code=country)
 
 
-def needs_cymru(enrichment: Mapping[str, Any]) -> bool:
-    """Cymru is the fallback: it is asked (and a failed Cymru lookup retried) only while MaxMind has no ASN."""
-    return _as_asn(_source(enrichment, "maxmind").get("asn")) is None
+def maxmind_asn(enrichment: Mapping[str, Any]) -> int | None:
+    """The valid ASN of the stored MaxMind answer, if any (what decides whether Cymru is needed)."""
+    return _as_asn(_source(enrichment, "maxmind").get("asn"))
 
 
 def summarize_greynoise(enrichment: Mapping[str, Any]) -> GreyNoiseSummary:

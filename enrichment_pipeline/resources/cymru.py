@@ -5,17 +5,14 @@ from __future__ import annotations
 from dagster import ConfigurableResource, Failure
 from pydantic import Field
 
-from enrichment_pipeline.core.whois import CymruBulkClient
-
-MAX_BATCH_SIZE = 10_000
-MAX_PARALLEL = 8  # Team Cymru must not see a flood of connections
+from enrichment_pipeline.core.cymru import MAX_BATCH_SIZE, MAX_PARALLEL, CymruBulkClient
 
 
 class CymruResource(ConfigurableResource):
     """Bulk IP->ASN lookups over TCP port 43, `batch_size` IPs per connection."""
 
-    # The integer bounds are checked in client(), not as Field(ge=..): a field set from EnvVar.int is
-    # validated while the definitions load, before the variable is read, and would fail every load.
+    # Bounds are the client's own (checked when it is built), not Field(ge=..): a field set from EnvVar.int
+    # is validated while the definitions load, before the variable is read, and would fail every load.
     host: str = Field(description="Bulk whois server (CYMRU_HOST).")
     port: int = Field(default=43, description="TCP port (CYMRU_PORT).")
     batch_size: int = Field(default=500, description=f"IPs per connection, 1-{MAX_BATCH_SIZE} (CYMRU_BATCH_SIZE).")
@@ -28,13 +25,13 @@ class CymruResource(ConfigurableResource):
 
     def client(self) -> CymruBulkClient:
         """The configured client; a setting out of bounds fails the step at once (retrying cannot help)."""
-        problems = []
-        if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
-            problems.append(f"batch_size (CYMRU_BATCH_SIZE) must be 1-{MAX_BATCH_SIZE}, got {self.batch_size}")
-        if not 1 <= self.max_parallel <= MAX_PARALLEL:
-            problems.append(f"max_parallel (CYMRU_MAX_PARALLEL) must be 1-{MAX_PARALLEL}, got {self.max_parallel}")
-        if problems:
-            raise Failure(description="; ".join(problems), allow_retries=False)
+        try:
+            return self.build_client()
+        except ValueError as error:
+            raise Failure(description=str(error), allow_retries=False) from error
+
+    def build_client(self) -> CymruBulkClient:
+        """The client, outside Dagster too (the `refresh` command); ValueError for a setting out of bounds."""
         return CymruBulkClient(
             self.host,
             self.port,

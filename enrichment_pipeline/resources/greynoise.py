@@ -1,15 +1,14 @@
-"""GreyNoise Community API settings: the API key (only ever through EnvVar), rate, daily budget and TTL.
+"""GreyNoise Community API settings: the API key (only ever through EnvVar), rate, daily budget and deadline.
 Without a key the resource is disabled and the GreyNoise asset skips itself; the rest of the graph runs."""
 
 from __future__ import annotations
-
-from datetime import timedelta
 
 from dagster import ConfigurableResource
 from pydantic import Field
 from sqlalchemy.engine import Engine
 
-from enrichment_pipeline.core.greynoise import GreyNoiseClient, GreyNoiseDailyBudget
+from enrichment_pipeline.core.greynoise import GreyNoiseClient
+from enrichment_pipeline.core.inventory import GreyNoiseDailyBudget
 
 
 class GreyNoiseResource(ConfigurableResource):
@@ -24,17 +23,18 @@ class GreyNoiseResource(ConfigurableResource):
     daily_limit: int = Field(
         default=100, ge=0, description="Requests per UTC day, shared by all runs (GREYNOISE_DAILY_LIMIT)."
     )
-    ttl_days: float = Field(default=7.0, ge=0, description="Days a stored answer stays fresh (GREYNOISE_TTL_DAYS).")
     timeout_s: float = Field(default=10.0, gt=0, description="Connect and read timeout of one request, seconds.")
     max_retries: int = Field(default=3, ge=0, le=10, description="Retries of one lookup (errors, 5xx, 429).")
+    pass_deadline_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="Seconds one GreyNoise pass may take; IPs not reached by then wait for the retry list "
+        "(GREYNOISE_PASS_DEADLINE_S).",
+    )
 
     @property
     def enabled(self) -> bool:
         return bool(self.api_key.strip())
-
-    @property
-    def ttl(self) -> timedelta:
-        return timedelta(days=self.ttl_days)
 
     def client(self) -> GreyNoiseClient:
         return GreyNoiseClient(

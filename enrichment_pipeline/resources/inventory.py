@@ -13,17 +13,18 @@ from enrichment_pipeline.core.inventory import create_schema, make_engine
 
 @lru_cache(maxsize=8)
 def _engine_for(url: str) -> Engine:
-    # One engine (connection pool) per process and URL.
-    return make_engine(url)
+    # One engine (connection pool) per process and URL, its schema created once, when first used.
+    engine = make_engine(url)
+    create_schema(engine)
+    return engine
 
 
 class InventoryDatabase(ConfigurableResource):
-    """Holds `ip_inventory` and `ip_daily_activity` (ENRICHMENT_DB_URL)."""
+    """Holds `ip_inventory` and the project's other tables (ENRICHMENT_DB_URL)."""
 
     url: str = Field(description="SQLAlchemy URL, e.g. sqlite:///path or postgresql+psycopg2://user@host/db.")
 
     def engine(self) -> Engine:
-        """The shared engine, with the schema created if missing (idempotent, a few catalog queries)."""
-        engine = _engine_for(self.url)
-        create_schema(engine)
-        return engine
+        """The process's engine for this URL; the schema is created on first use, once per process (not at
+        resource setup: a run that fails before touching the inventory leaves no database behind)."""
+        return _engine_for(self.url)

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from types import FrameType, TracebackType
 
+from enrichment_pipeline.core.cymru import CymruOrigin
 from enrichment_pipeline.core.ips import canonical_ip
-from enrichment_pipeline.core.whois import CymruOrigin
 
 log = logging.getLogger(__name__)
 

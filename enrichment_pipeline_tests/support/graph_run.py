@@ -13,9 +13,10 @@ from enrichment_pipeline.assets import enrichment_assets
 from enrichment_pipeline.resources import (
     CowrieLogDirectory,
     CymruResource,
-    GeoIpResource,
+    FreshnessResource,
     GreyNoiseResource,
     InventoryDatabase,
+    MaxMindResource,
 )
 from enrichment_pipeline.standins.asn_database import write_asn_database
 from enrichment_pipeline_tests.support.expected_ips import distinct_valid_ips
@@ -69,7 +70,8 @@ def run_day(
         instance=instance,
         resources={
             "cowrie_logs": CowrieLogDirectory(log_dir=str(log_dir)),
-            "geoip": GeoIpResource(asn_db=asn_db),
+            "maxmind": MaxMindResource(asn_db=asn_db),
+            "freshness": FreshnessResource(),
             "cymru": CymruResource(host="127.0.0.1", port=cymru_port, timeout_s=10, batch_size=10),
             "inventory": InventoryDatabase(url=db_url),
             "greynoise": greynoise or GreyNoiseResource(),

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
-from enrichment_pipeline.core.freshness import MaxMindBuilds
 from enrichment_pipeline.core.frames import maxmind_enrichment, maxmind_frame
-from enrichment_pipeline.core.geoip import GeoIpLookup
+from enrichment_pipeline.core.freshness import MaxMindBuilds
 from enrichment_pipeline.core.inventory import DayActivity, SourceUpdate, upsert_day
+from enrichment_pipeline.core.maxmind import MaxMindLookup
 from enrichment_pipeline.standins.asn_database import write_asn_database
 from enrichment_pipeline_tests.support.greynoise_server import FakeGreyNoise
 
@@ -31,10 +31,10 @@ CYMRU_OLD = {"status": "routed", "asn": 1, "as_name": "OLD", "country_code": "ZZ
 
 
 @pytest.fixture
-def geoip(tmp_path: Path) -> GeoIpLookup:
+def geoip(tmp_path: Path) -> MaxMindLookup:
     """MaxMind lookups on a test ASN database that covers WITH_ASN (198.51.100.0/24) and nothing else."""
     path = write_asn_database(tmp_path / "asn.mmdb", [("198.51.100.0/24", 64496, "TEST-NET-2")], build_epoch=1_600_000_000)
-    return GeoIpLookup(asn_db=path)
+    return MaxMindLookup(asn_db=path)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def refresh_greynoise(refresh_greynoise_server: FakeGreyNoise):
     return refresh_greynoise_server
 
 
-def seed(engine: Engine, geoip: GeoIpLookup, at: datetime, ips: list[str] = ALL) -> None:
+def seed(engine: Engine, geoip: MaxMindLookup, at: datetime, ips: list[str] = ALL) -> None:
     """`ips` seen on DAY, enriched at `at` with the current MaxMind builds (Cymru for those without ASN)."""
     frame = maxmind_frame(geoip.lookup_many(ips), MaxMindBuilds.of(geoip))
     updates = [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from enrichment_pipeline.core.whois import (
+from enrichment_pipeline.core.cymru import (
     CymruAnswer,
     CymruOrigin,
     build_bulk_query,

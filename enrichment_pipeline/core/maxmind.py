@@ -20,7 +20,7 @@ CITY_DB_ENV = "GEOIP_CITY_DB"
 ASN_DB_ENV = "GEOIP_ASN_DB"
 
 
-class GeoIpError(Exception):
+class MaxMindError(Exception):
     """A MaxMind database is misconfigured (missing, unreadable or of the wrong type)."""
 
 
@@ -69,7 +69,7 @@ def default_city_db_path() -> str:
     try:
         packaged = importlib.import_module("geolite2")
     except ImportError as error:
-        raise GeoIpError(
+        raise MaxMindError(
             f"maxminddb-geolite2 is not installed, so there is no bundled City database: set {CITY_DB_ENV}"
         ) from error
     return str(packaged.geolite2.filename)
@@ -93,15 +93,15 @@ def _open_database(path: str, env_var: str) -> tuple[geoip2.database.Reader, Dat
     try:
         reader = shared_reader(path)
     except FileNotFoundError as error:
-        raise GeoIpError(f"{env_var} points to missing file {path!r}") from error
+        raise MaxMindError(f"{env_var} points to missing file {path!r}") from error
     except (OSError, ValueError, maxminddb.InvalidDatabaseError) as error:
-        raise GeoIpError(f"{env_var}={path!r} is not a readable MaxMind database: {error}") from error
+        raise MaxMindError(f"{env_var}={path!r} is not a readable MaxMind database: {error}") from error
     metadata = reader.metadata()
     info = DatabaseInfo(os.path.realpath(path), str(metadata.database_type), int(metadata.build_epoch))
     return reader, info
 
 
-class GeoIpLookup:
+class MaxMindLookup:
     """Looks IPs up in a City database and, when one is configured, an ASN database.
 
     Readers are shared per process (see `shared_reader`), so building a lookup is cheap; a new lookup
@@ -115,7 +115,7 @@ class GeoIpLookup:
     def __init__(self, city_db: str | None = None, asn_db: str | None = None) -> None:
         self._city, self.city_info = _open_database(city_db or default_city_db_path(), CITY_DB_ENV)
         if "ASN" in self.city_info.database_type:
-            raise GeoIpError(
+            raise MaxMindError(
                 f"{CITY_DB_ENV}={self.city_info.path!r} is a {self.city_info.database_type} database, "
                 "not a City database"
             )
@@ -132,7 +132,7 @@ class GeoIpLookup:
         else:
             self._asn, self.asn_info = _open_database(asn_db, ASN_DB_ENV)
             if "ASN" not in self.asn_info.database_type:
-                raise GeoIpError(
+                raise MaxMindError(
                     f"{ASN_DB_ENV}={self.asn_info.path!r} is a {self.asn_info.database_type} database, "
                     "not an ASN database (GeoLite2-ASN)"
                 )

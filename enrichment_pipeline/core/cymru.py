@@ -287,6 +287,11 @@ def _remaining(deadline: float) -> float:
     return left
 
 
+# Limits of politeness toward Team Cymru, enforced by the client whoever builds it (a job, a command).
+MAX_BATCH_SIZE = 10_000
+MAX_PARALLEL = 8
+
+
 class CymruBulkClient:
     """Polite bulk client: batches of `batch_size` IPs, at most `max_parallel` connections at once."""
 
@@ -302,8 +307,17 @@ class CymruBulkClient:
     ) -> None:
         if not 0 < port < 65536:
             raise ValueError(f"port out of range: {port}")
-        if timeout_s <= 0 or batch_size < 1 or max_parallel < 1 or max_reply_bytes_per_ip < 1:
-            raise ValueError("timeout_s, batch_size, max_parallel and max_reply_bytes_per_ip must be positive")
+        problems = []
+        if not 1 <= batch_size <= MAX_BATCH_SIZE:
+            problems.append(f"batch_size (CYMRU_BATCH_SIZE) must be 1-{MAX_BATCH_SIZE}, got {batch_size}")
+        if not 1 <= max_parallel <= MAX_PARALLEL:
+            problems.append(f"max_parallel (CYMRU_MAX_PARALLEL) must be 1-{MAX_PARALLEL}, got {max_parallel}")
+        if not timeout_s > 0:
+            problems.append(f"timeout_s (CYMRU_TIMEOUT_S) must be positive, got {timeout_s}")
+        if max_reply_bytes_per_ip < 1:
+            problems.append(f"max_reply_bytes_per_ip must be positive, got {max_reply_bytes_per_ip}")
+        if problems:
+            raise ValueError("; ".join(problems))
         self.host = host
         self.port = port
         self.timeout_s = timeout_s

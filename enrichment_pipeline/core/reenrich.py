@@ -1,5 +1,5 @@
 """Re-enrich inventory IPs outside any ingest day: the stalest or named ones, chunk by chunk, through the
-same clients and merge rules as the daily passes. Shared by the refresh job and the `refresh` command."""
+same clients and rules as the daily passes. Shared by the `refresh_stale` job and the `refresh` command."""
 
 from __future__ import annotations
 
@@ -12,20 +12,26 @@ import pandas as pd
 from sqlalchemy import Engine
 
 from enrichment_pipeline.core import freshness
+from enrichment_pipeline.core.cymru import BulkLookupResult, CymruBulkClient
+from enrichment_pipeline.core.eligibility import greynoise_askable, needs_cymru_in_frame
+from enrichment_pipeline.core.frames import (
+    CYMRU_FAILED,
+    cymru_frame,
+    greynoise_frame,
+    lookup_failures,
+    maxmind_frame,
+    source_updates,
+)
 from enrichment_pipeline.core.freshness import FreshnessPolicy, MaxMindBuilds
-from enrichment_pipeline.core.frames import CYMRU_FAILED, cymru_frame, lookup_failures, maxmind_frame, source_updates
-from enrichment_pipeline.core.geoip import GeoIpLookup
 from enrichment_pipeline.core.greynoise import FAILED as GREYNOISE_FAILED
 from enrichment_pipeline.core.greynoise import (
     NOT_OBSERVED,
     OBSERVED,
     GreyNoiseAuthError,
     GreyNoiseClient,
-    GreyNoiseDailyBudget,
     GreyNoiseLookupResult,
+    RequestBudget,
     budgeted_lookup,
-    greynoise_frame,
-    skip_reason,
 )
 from enrichment_pipeline.core.inventory import (
     backing_off_ips,
@@ -34,7 +40,7 @@ from enrichment_pipeline.core.inventory import (
     stalest_ips,
     upsert_enrichment,
 )
-from enrichment_pipeline.core.whois import BulkLookupResult, CymruBulkClient
+from enrichment_pipeline.core.maxmind import MaxMindLookup
 
 # Asks GreyNoise about IPs, within the daily budget (e.g. `core.greynoise.budgeted_lookup` bound to a client).
 GreyNoiseLookup = Callable[[Sequence[str]], GreyNoiseLookupResult]
@@ -88,7 +94,7 @@ class RefreshReport:
         }
 
 
-def budgeted_greynoise(client: GreyNoiseClient, budget: GreyNoiseDailyBudget) -> GreyNoiseLookup:
+def budgeted_greynoise(client: GreyNoiseClient, budget: RequestBudget) -> GreyNoiseLookup:
     """GreyNoise lookups charged to the current UTC day's budget, the one the daily runs share."""
     return lambda ips: budgeted_lookup(client, budget, ips, day=freshness.utc_now().date())
 
@@ -102,8 +108,7 @@ def select_stalest(
 
 
 def _askable(source: str, ip: str) -> bool:
-    # GreyNoise never answers for IPv6 or non-global IPv4: such IPs are never due for it.
-    return source != "greynoise" or skip_reason(ip) is None
+    return source != "greynoise" or greynoise_askable(ip)
 
 
 def known_ips(engine: Engine, ips: Sequence[str]) -> list[str]:
@@ -115,7 +120,7 @@ def known_ips(engine: Engine, ips: Sequence[str]) -> list[str]:
 def plan_chunk(
     engine: Engine,
     ips: Sequence[str],
-    geoip: GeoIpLookup,
+    maxmind: MaxMindLookup,
     policy: FreshnessPolicy,
     *,
     now: datetime,
@@ -126,8 +131,8 @@ def plan_chunk(
     pass rules (Cymru only without a MaxMind ASN, GreyNoise only for global IPv4); failures backing off
     wait."""
     ips = list(dict.fromkeys(ips))
-    builds = MaxMindBuilds.of(geoip)
-    maxmind = maxmind_frame(geoip.lookup_many(ips), builds)
+    builds = MaxMindBuilds.of(maxmind)
+    answers = maxmind_frame(maxmind.lookup_many(ips), builds)
 
     def stale(candidates: list[str], source: str) -> list[str]:
         if force:
@@ -137,16 +142,16 @@ def plan_chunk(
         return [ip for ip in candidates if ip not in skip]
 
     maxmind_fresh = set(ips) - set(stale(ips, "maxmind"))
-    without_asn = maxmind.loc[maxmind["asn"].isna(), "ip"].tolist()
-    askable = [ip for ip in ips if _askable("greynoise", ip)] if greynoise_enabled else []
-    return ChunkPlan(ips, maxmind, maxmind_fresh, stale(without_asn, "cymru"), stale(askable, "greynoise"))
+    without_asn = answers.loc[needs_cymru_in_frame(answers), "ip"].tolist()
+    askable = [ip for ip in ips if greynoise_askable(ip)] if greynoise_enabled else []
+    return ChunkPlan(ips, answers, maxmind_fresh, stale(without_asn, "cymru"), stale(askable, "greynoise"))
 
 
 def refresh(
     engine: Engine,
     ips: Sequence[str],
     *,
-    geoip: GeoIpLookup,
+    maxmind: MaxMindLookup,
     cymru: CymruBulkClient,
     greynoise: GreyNoiseLookup | None,
     policy: FreshnessPolicy,
@@ -169,7 +174,7 @@ def refresh(
         plan = plan_chunk(
             engine,
             report.selected[start : start + chunk_size],
-            geoip,
+            maxmind,
             policy,
             now=now(),
             greynoise_enabled=greynoise is not None,

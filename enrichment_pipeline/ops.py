@@ -1,26 +1,27 @@
-"""The stale-refresh job and its schedule: every few hours, re-enrich the inventory's most overdue IPs (any
-day). A thin op over `core.refresh`, which the `enrichment-pipeline refresh` command runs without Dagster."""
+"""The op of the `refresh_stale` job: re-enrich the inventory's most overdue IPs (any day). A thin wrapper of
+`core.reenrich`, which the `enrichment-pipeline refresh` command runs without Dagster."""
 
-from dagster import (
-    Config,
-    DefaultScheduleStatus,
-    Failure,
-    OpExecutionContext,
-    Out,
-    Output,
-    ScheduleDefinition,
-    job,
-    op,
-)
+from dagster import Config, Failure, OpExecutionContext, Out, Output, op
 from pydantic import Field
 
-from enrichment_pipeline.core import freshness
-from enrichment_pipeline.core.freshness import FreshnessPolicy, MaxMindBuilds
-from enrichment_pipeline.core.geoip import GeoIpError
+from enrichment_pipeline.core import freshness as clock
+from enrichment_pipeline.core.freshness import MaxMindBuilds
 from enrichment_pipeline.core.greynoise import GreyNoiseAuthError
-from enrichment_pipeline.core.refresh import ChunkOutcome, budgeted_greynoise, refresh, select_stalest
-from enrichment_pipeline.resources import CymruResource, GeoIpResource, GreyNoiseResource, InventoryDatabase
-from enrichment_pipeline.settings import env_float, setting
+from enrichment_pipeline.core.maxmind import MaxMindError
+from enrichment_pipeline.core.reenrich import (
+    ChunkOutcome,
+    budgeted_greynoise,
+    refresh,
+    select_stalest,
+)
+from enrichment_pipeline.resources import (
+    CymruResource,
+    FreshnessResource,
+    GreyNoiseResource,
+    InventoryDatabase,
+    MaxMindResource,
+)
+from enrichment_pipeline.settings import setting
 
 
 class RefreshConfig(Config):
@@ -32,33 +33,30 @@ class RefreshConfig(Config):
         ge=1,
         description="IPs looked up and written per transaction (REFRESH_CHUNK_SIZE).",
     )
-    maxmind_ttl_days: float = Field(default=env_float("MAXMIND_TTL_DAYS"), ge=0, description="MAXMIND_TTL_DAYS")
-    cymru_ttl_days: float = Field(default=env_float("CYMRU_TTL_DAYS"), ge=0, description="CYMRU_TTL_DAYS")
 
 
 @op(pool="cymru", out=Out(description="Counts of the refresh run (metadata only)."))
 def refresh_stale_ips(
     context: OpExecutionContext,
     config: RefreshConfig,
-    geoip: GeoIpResource,
+    maxmind: MaxMindResource,
     cymru: CymruResource,
     greynoise: GreyNoiseResource,
     inventory: InventoryDatabase,
+    freshness: FreshnessResource,
 ) -> Output[None]:
     """Due retries first, then the IPs whose answers expired longest ago; only stale sources are asked.
     GreyNoise takes part when its key is set, within the same daily budget as the daily runs."""
     try:
-        lookup = geoip.lookup()
-    except GeoIpError as error:  # bad configuration: retrying cannot help
+        lookup = maxmind.lookup()
+    except MaxMindError as error:  # bad configuration: retrying cannot help
         raise Failure(description=str(error), allow_retries=False) from error
-    policy = FreshnessPolicy.from_days(
-        config.maxmind_ttl_days, config.cymru_ttl_days, greynoise.ttl_days, MaxMindBuilds.of(lookup)
-    )
+    policy = freshness.policy(MaxMindBuilds.of(lookup))
     engine = inventory.engine()
     if not greynoise.enabled:
         context.log.info("GREYNOISE_API_KEY is not set: the refresh skips GreyNoise")
     selected = select_stalest(
-        engine, config.max_ips, policy, now=freshness.utc_now(), greynoise_enabled=greynoise.enabled
+        engine, config.max_ips, policy, now=clock.utc_now(), greynoise_enabled=greynoise.enabled
     )
     context.log.info(f"refresh: {len(selected)} IPs due (at most {config.max_ips}), chunks of {config.chunk_size}")
 
@@ -75,7 +73,7 @@ def refresh_stale_ips(
         result = refresh(
             engine,
             selected,
-            geoip=lookup,
+            maxmind=lookup,
             cymru=cymru.client(),
             greynoise=budgeted_greynoise(client, greynoise.daily_budget(engine)) if client else None,
             policy=policy,
@@ -88,18 +86,3 @@ def refresh_stale_ips(
         if client is not None:
             client.close()
     return Output(None, metadata=result.counts())
-
-
-@job(description="Re-enrich the stalest and due-for-retry IPs of the whole ip_inventory (not partitioned).")
-def refresh_stale() -> None:
-    refresh_stale_ips()
-
-
-refresh_stale_schedule = ScheduleDefinition(
-    name="refresh_stale_schedule",
-    job=refresh_stale,
-    cron_schedule=setting("REFRESH_SCHEDULE"),
-    execution_timezone="UTC",
-    # Running by default: stale and failed IPs must get refreshed without an operator switching it on.
-    default_status=DefaultScheduleStatus.RUNNING,
-)
