@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export DAGSTER_HOME ?= $(CURDIR)/dagster_home
 
-.PHONY: install demo test validate dev dev-postgres bench clean
+.PHONY: install demo test lint format validate dev dev-postgres bench clean
 
 install: $(STAMP)
 
@@ -19,9 +19,18 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/python -m enrichment_pipeline.demo
 
-test: install
+test: install lint
 	$(BIN)/python -m pytest -q
 	$(BIN)/dagster definitions validate -w workspace.yaml
+
+# ruff: lint and formatting (configured in pyproject.toml); `make format` applies both.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 validate: install
 	$(BIN)/dagster definitions validate -w workspace.yaml

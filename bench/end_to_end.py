@@ -48,8 +48,15 @@ def materialize_partition(
         DAGSTER_HOME=str(home),
     )
     command = [
-        str(Path(sys.executable).with_name("dagster")), "asset", "materialize",
-        "-m", module, "--select", SELECTION, "--partition", day.isoformat(),
+        str(Path(sys.executable).with_name("dagster")),
+        "asset",
+        "materialize",
+        "-m",
+        module,
+        "--select",
+        SELECTION,
+        "--partition",
+        day.isoformat(),
     ]
     child = run_child(command, env=env, timeout_s=_CHILD_TIMEOUT_S, output=work_dir / "run.log")
     if child.returncode != 0 or "RUN_SUCCESS" not in child.output:
@@ -61,7 +68,12 @@ def materialize_partition(
 
 
 def fastest_partition(
-    repeats: int, log_dir: Path, day: date, ips: int, cymru: tuple[str, int], work_dir: Path,
+    repeats: int,
+    log_dir: Path,
+    day: date,
+    ips: int,
+    cymru: tuple[str, int],
+    work_dir: Path,
     module: str = PROJECT_MODULE,
 ) -> PartitionRun:
     """`materialize_partition` `repeats` times, each from an empty inventory; the fastest run."""
@@ -87,8 +99,9 @@ def _inventory_rows(database: Path) -> int:
 def partition_rows(overhead: PartitionRun, partition: PartitionRun, latency_s: float) -> list[Row]:
     """Measure 5: one 10k-IP partition against the same run on a 10-IP day (Dagster's fixed overhead)."""
     return [
-        Row(f"Partition end to end, {overhead.ips} IPs (fixed overhead)", seconds(overhead.seconds), "", None, "",
-            INFO),
+        Row(
+            f"Partition end to end, {overhead.ips} IPs (fixed overhead)", seconds(overhead.seconds), "", None, "", INFO
+        ),
         Row(
             f"Partition end to end, {partition.ips // 1000}k new IPs, stand-in {latency_s:g} s",
             seconds(partition.seconds),
@@ -118,24 +131,42 @@ def scaling_rows(runs: list[PartitionRun], latency_s: float) -> list[Row]:
     the first step moves the wall time by little more than the machine's noise.
     """
     *_, below, middle, largest = runs
-    rows = [Row(f"Scaling: {_size(below.ips)} IPs, stand-in {latency_s:g} s", seconds(below.seconds), "", None, "",
-                INFO)]
-    rows.append(Row(f"Scaling: {_size(middle.ips)} IPs, stand-in {latency_s:g} s", seconds(middle.seconds),
-                    f"{seconds(below.seconds)} for {_size(below.ips)}", middle.seconds / below.seconds, "", INFO))
+    rows = [
+        Row(f"Scaling: {_size(below.ips)} IPs, stand-in {latency_s:g} s", seconds(below.seconds), "", None, "", INFO)
+    ]
+    rows.append(
+        Row(
+            f"Scaling: {_size(middle.ips)} IPs, stand-in {latency_s:g} s",
+            seconds(middle.seconds),
+            f"{seconds(below.seconds)} for {_size(below.ips)}",
+            middle.seconds / below.seconds,
+            "",
+            INFO,
+        )
+    )
     per_ip = (middle.seconds - below.seconds) / (middle.ips - below.ips)
     linear = middle.seconds + per_ip * (largest.ips - middle.ips)
     ratio = largest.seconds / linear
-    rows.append(Row(
-        f"Scaling: {_size(largest.ips)} IPs, stand-in {latency_s:g} s",
-        seconds(largest.seconds),
-        f"{seconds(linear)} on the line {_size(below.ips)}→{_size(middle.ips)}",
-        ratio,
-        f"≤ {LINEAR_TOLERANCE:.1f}× linear",
-        verdict(ratio <= LINEAR_TOLERANCE),
-    ))
-    rows.append(Row(f"Scaling: {_size(largest.ips)} IPs, peak RSS", megabytes(largest.peak_rss_kb),
-                    f"{megabytes(below.peak_rss_kb)} for {_size(below.ips)}",
-                    largest.peak_rss_kb / below.peak_rss_kb, "", INFO))
+    rows.append(
+        Row(
+            f"Scaling: {_size(largest.ips)} IPs, stand-in {latency_s:g} s",
+            seconds(largest.seconds),
+            f"{seconds(linear)} on the line {_size(below.ips)}→{_size(middle.ips)}",
+            ratio,
+            f"≤ {LINEAR_TOLERANCE:.1f}× linear",
+            verdict(ratio <= LINEAR_TOLERANCE),
+        )
+    )
+    rows.append(
+        Row(
+            f"Scaling: {_size(largest.ips)} IPs, peak RSS",
+            megabytes(largest.peak_rss_kb),
+            f"{megabytes(below.peak_rss_kb)} for {_size(below.ips)}",
+            largest.peak_rss_kb / below.peak_rss_kb,
+            "",
+            INFO,
+        )
+    )
     return rows
 
 

@@ -60,8 +60,13 @@ def run_child(
     with open(output, "w+b") as log:
         started = time.perf_counter()
         child = subprocess.Popen(
-            list(command), cwd=PROJECT_ROOT, env=dict(env) if env is not None else None,
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            list(command),
+            cwd=PROJECT_ROOT,
+            env=dict(env) if env is not None else None,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         peak = 0
         try:

@@ -8,7 +8,7 @@ import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import geoip2.database
@@ -150,7 +150,7 @@ def upsert_rows(backend: str, engine_url: str, data: UpsertInput, repeats: int) 
     """Measure 3: first upsert of the day into empty tables, then the same day again (every row rewritten),
     next to a plain bulk INSERT of the very rows the upsert produced."""
     first_s = again_s = plain_s = float("inf")
-    now = datetime(2018, 6, 2, 12, tzinfo=timezone.utc)
+    now = datetime(2018, 6, 2, 12, tzinfo=UTC)
     for _ in range(repeats):  # the fastest of each counts
         with _empty_inventory(engine_url) as engine:
             first_s = min(first_s, timed(lambda: data.upsert(engine, now))[0])
@@ -159,10 +159,22 @@ def upsert_rows(backend: str, engine_url: str, data: UpsertInput, repeats: int) 
     size = f"{len(data.activity) // 1000}k IPs"
     reference = f"{seconds(plain_s)} plain bulk INSERT"
     return [
-        Row(f"Upsert {size} into {backend}, new", seconds(first_s), reference, first_s / plain_s,
-            f"≤ {UPSERT_MAX_S:.0f} s", verdict(first_s <= UPSERT_MAX_S)),
-        Row(f"Upsert {size} into {backend}, again", seconds(again_s), reference, again_s / plain_s,
-            f"≤ {UPSERT_MAX_S:.0f} s", verdict(again_s <= UPSERT_MAX_S)),
+        Row(
+            f"Upsert {size} into {backend}, new",
+            seconds(first_s),
+            reference,
+            first_s / plain_s,
+            f"≤ {UPSERT_MAX_S:.0f} s",
+            verdict(first_s <= UPSERT_MAX_S),
+        ),
+        Row(
+            f"Upsert {size} into {backend}, again",
+            seconds(again_s),
+            reference,
+            again_s / plain_s,
+            f"≤ {UPSERT_MAX_S:.0f} s",
+            verdict(again_s <= UPSERT_MAX_S),
+        ),
     ]
 
 
@@ -173,6 +185,7 @@ def _plain_insert_seconds(engine: Engine) -> float:
     twin.drop(engine, checkfirst=True)
     twin.create(engine)
     try:
+
         def insert_all() -> None:
             with engine.begin() as conn:
                 conn.execute(insert(twin), rows)

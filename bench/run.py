@@ -9,7 +9,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 from bench import end_to_end, ingest, passes, synthetic_logs
@@ -59,8 +59,19 @@ def synthetic_day(ips: int, events: int) -> Path:
     stamp.unlink(missing_ok=True)
     directory.mkdir(parents=True, exist_ok=True)
     # In a child: writing a 1M-event day takes ~1 GB, which this process would keep for the whole run.
-    command = [sys.executable, "-m", "bench.synthetic_logs", str(directory), DAY.isoformat(),
-               "--ips", str(ips), "--events", str(events), "--seed", "0"]
+    command = [
+        sys.executable,
+        "-m",
+        "bench.synthetic_logs",
+        str(directory),
+        DAY.isoformat(),
+        "--ips",
+        str(ips),
+        "--events",
+        str(events),
+        "--seed",
+        "0",
+    ]
     child = run_child(command, timeout_s=_GENERATOR_TIMEOUT_S, output=directory / "generator.log")
     if child.returncode != 0:
         raise RuntimeError(f"generating {directory.name} failed:\n{child.output[-2000:]}")
@@ -94,8 +105,16 @@ def measure_passes(repeats: int) -> list[Row]:
             rows += passes.upsert_rows("PostgreSQL", url, data, repeats)
     except PostgresUnavailable as error:
         log(f"   PostgreSQL unavailable, upsert not measured: {error}")
-        rows.append(Row("Upsert 10k IPs into PostgreSQL", "not measured", str(error).splitlines()[0][:60], None,
-                        f"≤ {passes.UPSERT_MAX_S:.0f} s", SKIPPED))
+        rows.append(
+            Row(
+                "Upsert 10k IPs into PostgreSQL",
+                "not measured",
+                str(error).splitlines()[0][:60],
+                None,
+                f"≤ {passes.UPSERT_MAX_S:.0f} s",
+                SKIPPED,
+            )
+        )
     return rows
 
 
@@ -139,17 +158,19 @@ def measure_scaling(repeats: int) -> list[Row]:
 def record(rows: Sequence[Row], started: datetime, wall_s: float, load_before: str) -> None:
     """Put this run's table at the top of bench/RESULTS.md's list of runs."""
     failed = [row.measure for row in rows if row.verdict == FAIL]
-    entry = "\n".join([
-        f"### {started:%Y-%m-%d %H:%M} UTC",
-        "",
-        f"Machine: {machine()}. 1-minute load average: {load_before} before, {load_average()} after."
-        f" Whole run: {wall_s / 60:.1f} min.",
-        "",
-        markdown_table(rows),
-        "",
-        f"Targets missed: {'; '.join(failed)}." if failed else "All targets met.",
-        "",
-    ])
+    entry = "\n".join(
+        [
+            f"### {started:%Y-%m-%d %H:%M} UTC",
+            "",
+            f"Machine: {machine()}. 1-minute load average: {load_before} before, {load_average()} after."
+            f" Whole run: {wall_s / 60:.1f} min.",
+            "",
+            markdown_table(rows),
+            "",
+            f"Targets missed: {'; '.join(failed)}." if failed else "All targets met.",
+            "",
+        ]
+    )
     text = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else f"# Benchmark results\n\n{RUNS_MARKER}\n"
     if RUNS_MARKER not in text:
         text = text.rstrip("\n") + f"\n\n{RUNS_MARKER}\n"
@@ -161,8 +182,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run the benchmark suite of issue 7 and print its table.")
     parser.add_argument("--only", default=",".join(GROUPS), help=f"comma-separated subset of {', '.join(GROUPS)}")
     parser.add_argument("--repeats", type=int, default=3, help="runs per in-process measure (the fastest counts)")
-    parser.add_argument("--partition-repeats", type=int, default=2,
-                        help="runs per end-to-end size up to 10k IPs (the fastest counts)")
+    parser.add_argument(
+        "--partition-repeats", type=int, default=2, help="runs per end-to-end size up to 10k IPs (the fastest counts)"
+    )
     parser.add_argument("--no-record", action="store_true", help="do not add the table to bench/RESULTS.md")
     args = parser.parse_args(argv)
     chosen = [group.strip() for group in args.only.split(",") if group.strip()]
@@ -171,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown group(s): {', '.join(sorted(unknown))}")
 
     OUT_DIR.mkdir(parents=True, exist_ok=True)
-    started, load_before, clock = datetime.now(timezone.utc), load_average(), time.perf_counter()
+    started, load_before, clock = datetime.now(UTC), load_average(), time.perf_counter()
     rows: list[Row] = []
     for group in GROUPS:
         if group in chosen:

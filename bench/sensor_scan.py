@@ -91,8 +91,10 @@ def main() -> None:
         quiet = [timed(evaluate)[0] for _ in range(args.repeat)]
         scans = [timed(lambda: len(scan_rotated_logs(log_dir)))[0] for _ in range(args.repeat)]
         print(f"directory scan alone (os.scandir + stat): median {statistics.median(scans) * 1000:.0f} ms")
-        print(f"quiet evaluation (nothing new): median {statistics.median(quiet) * 1000:.0f} ms,"
-              f" max {max(quiet) * 1000:.0f} ms; cursor {len(evaluate.cursor or '')} bytes")
+        print(
+            f"quiet evaluation (nothing new): median {statistics.median(quiet) * 1000:.0f} ms,"
+            f" max {max(quiet) * 1000:.0f} ms; cursor {len(evaluate.cursor or '')} bytes"
+        )
 
         new_day = FIRST_DAY + timedelta(days=9)  # its number got a junk name in populate()
         path = log_dir / f"cowrie.json.{new_day.isoformat()}"
@@ -100,8 +102,10 @@ def main() -> None:
         an_hour_ago = time.time_ns() - 3600 * 10**9
         os.utime(path, ns=(an_hour_ago, an_hour_ago))
         seconds, requested = timed(evaluate)
-        print(f"one newly rotated file: {seconds * 1000:.0f} ms, {requested} run requested;"
-              f" cursor {len(evaluate.cursor or '')} bytes")
+        print(
+            f"one newly rotated file: {seconds * 1000:.0f} ms, {requested} run requested;"
+            f" cursor {len(evaluate.cursor or '')} bytes"
+        )
 
 
 if __name__ == "__main__":

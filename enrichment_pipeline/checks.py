@@ -135,9 +135,7 @@ def asn_coverage(
 
 
 @asset_check(asset=cymru_bulk_results, partitions_def=ingest_days)
-def no_failed_cymru_batches(
-    context: AssetCheckExecutionContext, cymru_bulk_results: pd.DataFrame
-) -> AssetCheckResult:
+def no_failed_cymru_batches(context: AssetCheckExecutionContext, cymru_bulk_results: pd.DataFrame) -> AssetCheckResult:
     """No Team Cymru batch failed (warns otherwise: its IPs are on the retry list, asked again later)."""
     failed = cymru_bulk_results.loc[cymru_bulk_results["status"] == CYMRU_FAILED]
     batches_failed = _materialization_count(context, "batches_failed")

@@ -177,10 +177,16 @@ def _print_chunk(chunk: ChunkOutcome, out: TextIO) -> None:
 def _print_rows(engine: Engine, ips: Sequence[str], out: TextIO) -> None:
     """Each IP's inventory row after the refresh, and what is still on the retry list."""
     wanted = set(ips)
-    retry = {(row["ip_address"], row["source"]): row["error"] for row in fetch_failures(engine) if row["ip_address"] in wanted}
+    retry = {
+        (row["ip_address"], row["source"]): row["error"]
+        for row in fetch_failures(engine)
+        if row["ip_address"] in wanted
+    }
     for row in fetch_inventory(engine, ips):
         ip = row["ip_address"]
-        failed = [f"{source} failed ({retry[ip, source]})" for source in ("cymru", "greynoise") if (ip, source) in retry]
+        failed = [
+            f"{source} failed ({retry[ip, source]})" for source in ("cymru", "greynoise") if (ip, source) in retry
+        ]
         line = (
             f"{ip}: AS{row['current_asn'] or '?'} {row['asn_org'] or ''} country={row['country_code'] or '--'}"
             f" greynoise={row['greynoise_classification'] or '-'}"

@@ -61,8 +61,10 @@ def print_summary(url: str) -> None:
     rows = fetch_inventory(make_engine(url))
     with_asn = [r for r in rows if r["current_asn"] is not None]
     from_maxmind = sum(1 for r in with_asn if (r["enrichment"].get("maxmind") or {}).get("asn") is not None)
-    print(f"\nip_inventory ({url}): {len(rows)} IPs, {len(with_asn)} with an ASN "
-          f"({from_maxmind} from MaxMind, {len(with_asn) - from_maxmind} from the Cymru stand-in)")
+    print(
+        f"\nip_inventory ({url}): {len(rows)} IPs, {len(with_asn)} with an ASN "
+        f"({from_maxmind} from MaxMind, {len(with_asn) - from_maxmind} from the Cymru stand-in)"
+    )
     print(f"sessions: {sum(r['session_count'] for r in rows)}")
     for title, key in (("Top ASNs", "current_asn"), ("Top countries", "country_code")):
         counts = Counter(r[key] for r in rows if r[key] is not None).most_common(5)
@@ -70,8 +72,10 @@ def print_summary(url: str) -> None:
     print("\nFirst rows:")
     for row in rows[:5]:
         seen = " .. ".join(f"{t:%Y-%m-%d %H:%M}" if t else "?" for t in (row["first_seen"], row["last_seen"]))
-        print(f"  {row['ip_address']:<16} AS{row['current_asn']!s:<7} {row['country_code'] or '--'}  "
-              f"sessions={row['session_count']:<4} {seen}")
+        print(
+            f"  {row['ip_address']:<16} AS{row['current_asn']!s:<7} {row['country_code'] or '--'}  "
+            f"sessions={row['session_count']:<4} {seen}"
+        )
 
 
 if __name__ == "__main__":

@@ -55,9 +55,7 @@ def refresh_stale_ips(
     engine = inventory.engine()
     if not greynoise.enabled:
         context.log.info("GREYNOISE_API_KEY is not set: the refresh skips GreyNoise")
-    selected = select_stalest(
-        engine, config.max_ips, policy, now=clock.utc_now(), greynoise_enabled=greynoise.enabled
-    )
+    selected = select_stalest(engine, config.max_ips, policy, now=clock.utc_now(), greynoise_enabled=greynoise.enabled)
     context.log.info(f"refresh: {len(selected)} IPs due (at most {config.max_ips}), chunks of {config.chunk_size}")
 
     def report(chunk: ChunkOutcome) -> None:

@@ -34,7 +34,10 @@ SCHEDULE_NAME = "enrich_day_schedule"
 CRON_ENV, TIMEZONE_ENV = "ENRICHMENT_SCHEDULE_CRON", "ENRICHMENT_SCHEDULE_TZ"
 DAY_DONE_ASSET = merged_inventory.key  # its materialization means "this day is in the inventory"
 _UNFINISHED = [
-    DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED
+    DagsterRunStatus.QUEUED,
+    DagsterRunStatus.NOT_STARTED,
+    DagsterRunStatus.STARTING,
+    DagsterRunStatus.STARTED,
 ]
 
 

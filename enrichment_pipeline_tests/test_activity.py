@@ -13,7 +13,7 @@ import pytest
 
 from enrichment_pipeline.core.activity import ActivityTally, Event, SourceIpActivity
 
-UTC = datetime.timezone.utc
+UTC = datetime.UTC
 START = datetime.datetime(2018, 5, 7, tzinfo=UTC)
 
 
@@ -150,7 +150,8 @@ def test_a_repeated_session_id_counts_once_per_ip_across_blocks() -> None:
     events = [Event(ip, "same", moment(second)) for second, ip in enumerate(["192.0.2.1", "192.0.2.2"] * 50)]
     tally, _ = tallied(events, 9)
     assert [(source.ip, source.session_count, source.event_count) for source in tally.sources()] == [
-        ("192.0.2.1", 1, 50), ("192.0.2.2", 1, 50)
+        ("192.0.2.1", 1, 50),
+        ("192.0.2.2", 1, 50),
     ]
 
 
@@ -169,7 +170,8 @@ def test_an_ip_known_only_from_a_rejected_block_is_not_listed_without_events() -
     events = [Event("192.0.2.7", "a", moment(1)), Event("192.0.2.8", 5, moment(2))]
     tally, _ = tallied(events, 2)
     assert [(source.ip, source.event_count, source.session_count) for source in tally.sources()] == [
-        ("192.0.2.7", 1, 1), ("192.0.2.8", 1, 0)
+        ("192.0.2.7", 1, 1),
+        ("192.0.2.8", 1, 0),
     ]
 
 
@@ -208,5 +210,7 @@ def test_a_session_id_shared_by_ips_counts_for_each_whichever_path_saw_it_first(
     ]
     tally, _ = tallied(events, 2)
     assert [(source.ip, source.session_count, source.event_count) for source in tally.sources()] == [
-        ("192.0.2.1", 2, 3), ("192.0.2.2", 1, 2), ("192.0.2.3", 1, 1)
+        ("192.0.2.1", 2, 3),
+        ("192.0.2.2", 1, 2),
+        ("192.0.2.3", 1, 1),
     ]

@@ -39,32 +39,43 @@ HOSTILE = (
 )
 
 
-
 def inventory_rows() -> list[dict[str, Any]]:
     """Rows with every kind of value the columns take: NULLs, offsets, whole seconds, extremes, hostile text."""
     rows = []
     for i, text in enumerate(HOSTILE):
-        rows.append({
-            "ip_address": f"192.0.2.{i + 1}",
-            "current_asn": [None, 1, 2**32 - 1, 64500, 0, 23028][i],
-            "asn_org": text,
-            "country_code": [None, "DE", "", "US", "zz", "CN"][i],
-            "first_seen": [None, datetime(2018, 5, 6, 10, 30, 15, 123456, tzinfo=PLUS_TWO),
-                           datetime(1, 1, 1, tzinfo=UTC), datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
-                           datetime(2018, 5, 6, tzinfo=UTC), NOW][i],
-            "last_seen": NOW + timedelta(microseconds=i),
-            "session_count": i,
-            "enrichment": [{}, {"maxmind": {"asn": 1, text: [text, 1.5, None, True]}},
-                           {"nested": {"deep": [{"k": text}]}, "n": 2**62, "f": 126.97409999999999},
-                           {"cymru": None}, {"": ""}, {"greynoise": {"name": text, "noise": False}}][i],
-            "enrichment_updated_at": NOW,
-            "maxmind_updated_at": None if i % 2 else NOW.astimezone(PLUS_TWO),
-            "cymru_updated_at": NOW,
-            "greynoise_updated_at": None,
-            "greynoise_classification": text,
-            "greynoise_noise": [None, True, False][i % 3],
-            "greynoise_riot": [True, None, False][i % 3],
-        })
+        rows.append(
+            {
+                "ip_address": f"192.0.2.{i + 1}",
+                "current_asn": [None, 1, 2**32 - 1, 64500, 0, 23028][i],
+                "asn_org": text,
+                "country_code": [None, "DE", "", "US", "zz", "CN"][i],
+                "first_seen": [
+                    None,
+                    datetime(2018, 5, 6, 10, 30, 15, 123456, tzinfo=PLUS_TWO),
+                    datetime(1, 1, 1, tzinfo=UTC),
+                    datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+                    datetime(2018, 5, 6, tzinfo=UTC),
+                    NOW,
+                ][i],
+                "last_seen": NOW + timedelta(microseconds=i),
+                "session_count": i,
+                "enrichment": [
+                    {},
+                    {"maxmind": {"asn": 1, text: [text, 1.5, None, True]}},
+                    {"nested": {"deep": [{"k": text}]}, "n": 2**62, "f": 126.97409999999999},
+                    {"cymru": None},
+                    {"": ""},
+                    {"greynoise": {"name": text, "noise": False}},
+                ][i],
+                "enrichment_updated_at": NOW,
+                "maxmind_updated_at": None if i % 2 else NOW.astimezone(PLUS_TWO),
+                "cymru_updated_at": NOW,
+                "greynoise_updated_at": None,
+                "greynoise_classification": text,
+                "greynoise_noise": [None, True, False][i % 3],
+                "greynoise_riot": [True, None, False][i % 3],
+            }
+        )
     return rows
 
 
@@ -126,8 +137,11 @@ def test_hostile_text_and_nul_in_enrichment_json_survive_new_and_rewritten_rows(
 
     def updates(suffix: str) -> list[SourceUpdate]:
         return [
-            SourceUpdate(ip, maxmind={"asn": 64500, "asn_org": text + suffix, text: [text, nul], nul: nul},
-                         greynoise={"name": text, "classification": text, "noise": True})
+            SourceUpdate(
+                ip,
+                maxmind={"asn": 64500, "asn_org": text + suffix, text: [text, nul], nul: nul},
+                greynoise={"name": text, "classification": text, "noise": True},
+            )
             for ip, text in zip(ips, HOSTILE, strict=True)
         ]
 
@@ -191,8 +205,16 @@ def ten_thousand_day_history(engine: Engine) -> list[Any]:
 
     def day(which: date, chosen: list[str], offset: int) -> list[DayActivity]:
         start = datetime(which.year, which.month, which.day, tzinfo=UTC)
-        return [DayActivity(ip, (i + offset) % 5, (i + offset) % 5 + 3, start + timedelta(seconds=i, microseconds=i),
-                            start + timedelta(seconds=2 * i + 7)) for i, ip in enumerate(chosen)]
+        return [
+            DayActivity(
+                ip,
+                (i + offset) % 5,
+                (i + offset) % 5 + 3,
+                start + timedelta(seconds=i, microseconds=i),
+                start + timedelta(seconds=2 * i + 7),
+            )
+            for i, ip in enumerate(chosen)
+        ]
 
     def updates(chosen: list[str], tag: str, cymru_answers: bool) -> list[SourceUpdate]:
         """MaxMind gives every third IP no ASN; Cymru answers those at even positions (or all, when told)."""
@@ -201,25 +223,42 @@ def ten_thousand_day_history(engine: Engine) -> list[Any]:
             i = index[ip]
             answered = cymru_answers or i % 6 == 0
             cymru = {"status": "routed", "asn": 23028 + i, "as_name": f"{tag} AS '{i}\"", "country_code": "US"}
-            result.append(SourceUpdate(
-                ip,
-                maxmind={"asn": 64512 + i if i % 3 else None, "asn_org": f"{tag} org {i}", "country_code": "se"},
-                cymru=cymru if answered else None,
-            ))
+            result.append(
+                SourceUpdate(
+                    ip,
+                    maxmind={"asn": 64512 + i if i % 3 else None, "asn_org": f"{tag} org {i}", "country_code": "se"},
+                    cymru=cymru if answered else None,
+                )
+            )
         return result
 
     cymru_failures = [LookupFailure(ip, "cymru", f"batch {i}: timed out") for i, ip in enumerate(ips[3:3000:6])]
     greynoise_failures = [LookupFailure(ip, "greynoise", "HTTP 503") for ip in ips[:500]]
     stats = [
-        upsert_day(engine, DAY1, day(DAY1, ips, 0), updates(ips, "one", False), now=NOW,
-                   failures=cymru_failures + greynoise_failures),
-        upsert_day(engine, DAY2, day(DAY2, ips[5000:], 1), updates(ips[9000:], "two", False),
-                   now=NOW + timedelta(hours=1), failures=cymru_failures[:100]),
+        upsert_day(
+            engine,
+            DAY1,
+            day(DAY1, ips, 0),
+            updates(ips, "one", False),
+            now=NOW,
+            failures=cymru_failures + greynoise_failures,
+        ),
+        upsert_day(
+            engine,
+            DAY2,
+            day(DAY2, ips[5000:], 1),
+            updates(ips[9000:], "two", False),
+            now=NOW + timedelta(hours=1),
+            failures=cymru_failures[:100],
+        ),
         upsert_day(engine, DAY1, day(DAY1, ips[:7000], 2), [], now=NOW + timedelta(hours=2)),
         upsert_enrichment(engine, updates(ips[:300], "refresh", True), now=NOW + timedelta(hours=3)),
     ]
-    return [[(s.inserted, s.updated, s.activity_rows, s.failures_recorded, s.failures_cleared) for s in stats],
-            fetch_inventory(engine), fetch_failures(engine)]
+    return [
+        [(s.inserted, s.updated, s.activity_rows, s.failures_recorded, s.failures_cleared) for s in stats],
+        fetch_inventory(engine),
+        fetch_failures(engine),
+    ]
 
 
 @pytest.mark.postgres
@@ -244,7 +283,9 @@ def test_a_ten_thousand_ip_history_is_identical_on_sqlite_and_postgresql_and_add
     only_day2 = by_ip[str(ipaddress.IPv6Address(0x20010DB8 << 96))]  # IP 8000: left day 1 on its re-run
     start = datetime(2018, 5, 7, tzinfo=UTC)
     assert (only_day2["first_seen"], only_day2["last_seen"]) == (
-        start + timedelta(seconds=3000, microseconds=3000), start + timedelta(seconds=6007))
+        start + timedelta(seconds=3000, microseconds=3000),
+        start + timedelta(seconds=6007),
+    )
     assert only_day2["session_count"] == 3001 % 5
     both_days = by_ip[ips_at(6000)]
     assert both_days["first_seen"] == datetime(2018, 5, 6, tzinfo=UTC) + timedelta(seconds=6000, microseconds=6000)

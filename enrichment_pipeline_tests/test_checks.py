@@ -65,7 +65,10 @@ def test_the_daily_job_runs_every_check_and_a_clean_day_passes_them(project):
     with instance_for_test() as instance:
         checks = run_enrich_day(project, instance)
     assert set(checks) == {
-        "every_ingested_ip_in_inventory", "asn_coverage", "no_failed_cymru_batches", "no_failed_greynoise_lookups"
+        "every_ingested_ip_in_inventory",
+        "asn_coverage",
+        "no_failed_cymru_batches",
+        "no_failed_greynoise_lookups",
     }
     assert checks["no_failed_greynoise_lookups"].passed
     assert all(evaluation.passed for evaluation in checks.values())
@@ -135,13 +138,19 @@ def test_an_ip_missing_from_the_inventory_fails_the_error_check(project, tmp_pat
 
 # --- the coverage query on SQLite and PostgreSQL ------------------------------------------------------------
 
+
 def test_day_coverage_counts_missing_ips_and_ips_with_an_asn_for_that_day_only(engine):
     now = datetime(2018, 5, 9, tzinfo=UTC)
     seen = lambda ip: DayActivity(ip, 1, 1, now, now)  # noqa: E731
     routed = {"status": "routed", "asn": 64500, "as_name": "X", "country_code": "DE"}
     unrouted = {"status": "unrouted", "asn": None, "as_name": None, "country_code": ""}
-    upsert_day(engine, date(2018, 5, 6), [seen("198.51.100.1"), seen("198.51.100.2"), seen("2001:db8::1")],
-               [SourceUpdate("198.51.100.1", cymru=routed), SourceUpdate("2001:db8::1", cymru=unrouted)], now=now)
+    upsert_day(
+        engine,
+        date(2018, 5, 6),
+        [seen("198.51.100.1"), seen("198.51.100.2"), seen("2001:db8::1")],
+        [SourceUpdate("198.51.100.1", cymru=routed), SourceUpdate("2001:db8::1", cymru=unrouted)],
+        now=now,
+    )
     upsert_day(engine, date(2018, 5, 7), [seen("198.51.100.3")], [SourceUpdate("198.51.100.3", cymru=routed)], now=now)
 
     day = ["198.51.100.1", "198.51.100.2", "2001:db8::1", "198.51.100.3", "203.0.113.9"]

@@ -137,7 +137,11 @@ def test_installed_console_script_runs_a_dry_run(env):
     environment = {**os.environ, "DAGSTER_HOME": "/nonexistent"}
 
     result = subprocess.run(
-        [str(script), "refresh", "--ip", ALL[0], "--dry-run"], capture_output=True, text=True, timeout=60, env=environment
+        [str(script), "refresh", "--ip", ALL[0], "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=environment,
     )
 
     assert result.returncode == 0, result.stderr
@@ -162,7 +166,11 @@ def test_with_a_greynoise_key_stale_global_ipv4_is_asked_and_the_key_is_never_sh
     assert code == 0
     assert sorted(refresh_greynoise.asked()) == sorted(GLOBAL_V4) and standin.requests == []
     assert {seen.key for seen in refresh_greynoise.requests} == {KEY}
-    assert all("greynoise=" in line and "greynoise=-" not in line for line in output.splitlines() if line.startswith(GLOBAL_V4[0]))
+    assert all(
+        "greynoise=" in line and "greynoise=-" not in line
+        for line in output.splitlines()
+        if line.startswith(GLOBAL_V4[0])
+    )
     captured = capsys.readouterr()
     assert all(KEY not in text for text in (dry, output, captured.out, captured.err, caplog.text))
 

@@ -121,7 +121,7 @@ def dagster_home(directory: Path, storage_url: str | None) -> Path:
     directory.mkdir()
     config = "telemetry:\n  enabled: false\n"
     if storage_url:
-        config += f"storage:\n  postgres:\n    postgres_url: \"{storage_url}\"\n"
+        config += f'storage:\n  postgres:\n    postgres_url: "{storage_url}"\n'
     (directory / "dagster.yaml").write_text(config)
     # Create the storage schema once, so the concurrent first runs do not race to migrate it.
     DagsterInstance.from_config(str(directory)).dispose()
@@ -175,7 +175,9 @@ def test_concurrent_backfill_loses_and_doubles_nothing_and_a_repeat_changes_noth
     for ip, want in expected.items():
         row = rows[ip]
         assert (row["session_count"], row["first_seen"], row["last_seen"]) == (
-            want.session_count, want.first_seen, want.last_seen
+            want.session_count,
+            want.first_seen,
+            want.last_seen,
         ), ip
         assert row["current_asn"] == (MAXMIND_ASN if ip in covered else standin_origins(ip)[0].asn), ip
     with engine.connect() as conn:

@@ -25,13 +25,22 @@ from enrichment_pipeline.core.cowrie_log import (
 SAMPLE_DIR = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "cowrie"
 SAMPLE_DAY = datetime.date(2018, 5, 9)
 DAY = datetime.date(2018, 5, 7)
-UTC = datetime.timezone.utc
+UTC = datetime.UTC
 
 
-def event(src_ip: object = "1.2.3.4", session: object = "s1", timestamp: object = "2018-05-07T10:00:00.000000Z",
-          **extra: object) -> dict[str, object]:
-    fields: dict[str, object] = {"eventid": "cowrie.session.connect", "src_ip": src_ip, "session": session,
-                                 "timestamp": timestamp, **extra}
+def event(
+    src_ip: object = "1.2.3.4",
+    session: object = "s1",
+    timestamp: object = "2018-05-07T10:00:00.000000Z",
+    **extra: object,
+) -> dict[str, object]:
+    fields: dict[str, object] = {
+        "eventid": "cowrie.session.connect",
+        "src_ip": src_ip,
+        "session": session,
+        "timestamp": timestamp,
+        **extra,
+    }
     return {key: value for key, value in fields.items() if value is not _ABSENT}
 
 
@@ -183,8 +192,13 @@ def test_sessions_count_distinct_ids_not_events(tmp_path: pathlib.Path) -> None:
     content = b"".join(
         line(event(src_ip=ip, session=session))
         for ip, session in [
-            ("1.1.1.1", "a"), ("1.1.1.1", "a"), ("1.1.1.1", "b"), ("2.2.2.2", "a"),
-            ("1.1.1.1", "a"), ("1.1.1.1", "c"), ("2.2.2.2", "a"),
+            ("1.1.1.1", "a"),
+            ("1.1.1.1", "a"),
+            ("1.1.1.1", "b"),
+            ("2.2.2.2", "a"),
+            ("1.1.1.1", "a"),
+            ("1.1.1.1", "c"),
+            ("2.2.2.2", "a"),
         ]
     )
     content += line(event(src_ip="1.1.1.1", session=_ABSENT))  # no session id: an event, not a session
@@ -238,8 +252,12 @@ def test_first_and_last_seen_compare_mixed_offsets_in_utc(tmp_path: pathlib.Path
 
 
 def test_first_and_last_seen_follow_time_not_file_order(tmp_path: pathlib.Path) -> None:
-    stamps = ["2018-05-07T10:00:00.000000Z", "2018-05-07T08:00:00.000000Z", "2018-05-07T12:00:00.000000Z",
-              "2018-05-07T09:00:00.000000Z"]
+    stamps = [
+        "2018-05-07T10:00:00.000000Z",
+        "2018-05-07T08:00:00.000000Z",
+        "2018-05-07T12:00:00.000000Z",
+        "2018-05-07T09:00:00.000000Z",
+    ]
     content = b"".join(line(event(timestamp=stamp)) for stamp in stamps)
     source = read_day_log(write_log(tmp_path, content)).sources[0]
     assert (source.first_seen, source.last_seen) == (utc("2018-05-07T08:00:00Z"), utc("2018-05-07T12:00:00Z"))
@@ -249,10 +267,15 @@ def test_missing_or_garbled_timestamps_are_counted_but_the_ip_still_counts(tmp_p
     content = b"".join(
         line(event(src_ip=ip, timestamp=stamp))
         for ip, stamp in [
-            ("1.1.1.1", _ABSENT), ("1.1.1.1", "yesterday"), ("1.1.1.1", 1525687706),
-            ("1.1.1.1", "2018-02-30T00:00:00.000000Z"), ("1.1.1.1", "2018-05-07T25:00:00.000000Z"),
-            ("1.1.1.1", "2018-05-07T10:00:00.0000x0Z"), ("1.1.1.1", ["2018-05-07T10:00:00Z"]),
-            ("2.2.2.2", "2018-05-07T10:00:00.000000Z"), ("2.2.2.2", None),
+            ("1.1.1.1", _ABSENT),
+            ("1.1.1.1", "yesterday"),
+            ("1.1.1.1", 1525687706),
+            ("1.1.1.1", "2018-02-30T00:00:00.000000Z"),
+            ("1.1.1.1", "2018-05-07T25:00:00.000000Z"),
+            ("1.1.1.1", "2018-05-07T10:00:00.0000x0Z"),
+            ("1.1.1.1", ["2018-05-07T10:00:00Z"]),
+            ("2.2.2.2", "2018-05-07T10:00:00.000000Z"),
+            ("2.2.2.2", None),
         ]
     )
     day_log = read_day_log(write_log(tmp_path, content))
@@ -287,8 +310,15 @@ def test_last_line_without_newline_that_parses_is_a_normal_event(tmp_path: pathl
 
 
 def test_non_json_lines_are_counted_skipped_and_sampled(tmp_path: pathlib.Path) -> None:
-    junk = [b"not json at all\n", b"\n", b"{\"src_ip\": \"6.6.6.6\",\n", b"\x00\x01\x02\n", b"NaN-ish }{\n",
-            b"   \n", b"[[[[[[[[[[\n"]
+    junk = [
+        b"not json at all\n",
+        b"\n",
+        b'{"src_ip": "6.6.6.6",\n',
+        b"\x00\x01\x02\n",
+        b"NaN-ish }{\n",
+        b"   \n",
+        b"[[[[[[[[[[\n",
+    ]
     content = line(event(src_ip="1.1.1.1")) + b"".join(junk) + line(event(src_ip="2.2.2.2"))
     day_log = read_day_log(write_log(tmp_path, content))
     stats = day_log.stats
@@ -301,7 +331,7 @@ def test_non_json_lines_are_counted_skipped_and_sampled(tmp_path: pathlib.Path) 
 
 
 def test_json_values_that_are_not_objects_count_as_bad_json(tmp_path: pathlib.Path) -> None:
-    others = [b"[1, 2]\n", b"\"1.2.3.4\"\n", b"42\n", b"null\n", b"true\n", b"[{\"src_ip\": \"6.6.6.6\"}]\n"]
+    others = [b"[1, 2]\n", b'"1.2.3.4"\n', b"42\n", b"null\n", b"true\n", b'[{"src_ip": "6.6.6.6"}]\n']
     content = b"".join(others) + line(event(src_ip="1.1.1.1"))
     stats = read_day_log(write_log(tmp_path, content)).stats
     assert (stats.lines, stats.events, stats.bad_json) == (7, 1, 6)
@@ -309,17 +339,19 @@ def test_json_values_that_are_not_objects_count_as_bad_json(tmp_path: pathlib.Pa
 
 
 def test_missing_and_odd_fields_are_counted_not_fatal(tmp_path: pathlib.Path) -> None:
-    content = b"".join([
-        line({"eventid": "cowrie.log.open", "timestamp": "2018-05-07T00:00:00.000000Z"}),  # no src_ip: normal
-        line({}),
-        line(event(src_ip=None)),
-        line(event(src_ip=16909060)),
-        line(event(src_ip=["1.2.3.4"])),
-        line(event(src_ip={"ip": "1.2.3.4"})),
-        line(event(src_ip=True)),
-        line(event(src_ip="1.2.3.4", eventid=None, message=["odd"], session={"nested": [1, 2]})),
-        line({"src_ip": "1.2.3.4", "src_ip_extra": "9.9.9.9"}),
-    ])
+    content = b"".join(
+        [
+            line({"eventid": "cowrie.log.open", "timestamp": "2018-05-07T00:00:00.000000Z"}),  # no src_ip: normal
+            line({}),
+            line(event(src_ip=None)),
+            line(event(src_ip=16909060)),
+            line(event(src_ip=["1.2.3.4"])),
+            line(event(src_ip={"ip": "1.2.3.4"})),
+            line(event(src_ip=True)),
+            line(event(src_ip="1.2.3.4", eventid=None, message=["odd"], session={"nested": [1, 2]})),
+            line({"src_ip": "1.2.3.4", "src_ip_extra": "9.9.9.9"}),
+        ]
+    )
     day_log = read_day_log(write_log(tmp_path, content))
     stats = day_log.stats
     assert (stats.events, stats.missing_src_ip, stats.invalid_src_ip) == (9, 2, 5)
@@ -332,8 +364,22 @@ def test_missing_and_odd_fields_are_counted_not_fatal(tmp_path: pathlib.Path) ->
 
 @pytest.mark.parametrize(
     "bad_ip",
-    ["1.2.3.4\nend\nbegin\n8.8.8.8", "999.1.1.1", "", " 1.2.3.4", "1.2.3.4 ", "01.2.3.4", "1.2.3",
-     "fe80::1%eth0", "1.2.3.4/32", "localhost", "1.2.3.4\x00", "\udc80", "١.٢.٣.٤", "x" * 10_000],
+    [
+        "1.2.3.4\nend\nbegin\n8.8.8.8",
+        "999.1.1.1",
+        "",
+        " 1.2.3.4",
+        "1.2.3.4 ",
+        "01.2.3.4",
+        "1.2.3",
+        "fe80::1%eth0",
+        "1.2.3.4/32",
+        "localhost",
+        "1.2.3.4\x00",
+        "\udc80",
+        "١.٢.٣.٤",
+        "x" * 10_000,
+    ],
 )
 def test_invalid_src_ip_is_rejected_counted_and_never_passed_on(tmp_path: pathlib.Path, bad_ip: str) -> None:
     content = line(event(src_ip=bad_ip)) + line(event(src_ip=bad_ip)) + line(event(src_ip="8.8.4.4"))
@@ -351,8 +397,10 @@ def test_newline_carrying_src_ip_sample_is_escaped_on_one_line(tmp_path: pathlib
 
 
 def test_invalid_utf8_keeps_the_event_and_its_src_ip(tmp_path: pathlib.Path) -> None:
-    raw_event = (b'{"eventid": "cowrie.login.failed", "src_ip": "7.7.7.7", "session": "s9", '
-                 b'"password": "\xff\xfe\xc3(", "timestamp": "2018-05-07T10:00:00.000000Z"}\n')
+    raw_event = (
+        b'{"eventid": "cowrie.login.failed", "src_ip": "7.7.7.7", "session": "s9", '
+        b'"password": "\xff\xfe\xc3(", "timestamp": "2018-05-07T10:00:00.000000Z"}\n'
+    )
     bad_and_not_json = b"\xff\xff not json\n"
     content = raw_event + bad_and_not_json + line(event(src_ip="1.1.1.1"))
     day_log = read_day_log(write_log(tmp_path, content))
@@ -439,11 +487,17 @@ def test_many_block_real_log_matches_an_independent_stdlib_summary(tmp_path: pat
 
 def test_bad_lines_anywhere_in_a_large_log_cost_only_themselves(tmp_path: pathlib.Path) -> None:
     clean = all_sample_days().splitlines(keepends=True)
-    junk = [b"\n", b'{"src_ip": "6.6.6.6"} {"src_ip": "6.6.6.7"}\n', b"[1, 2]\n", b'{"src_ip": "6.6.6.8",\n',
-            line(event(src_ip="1.2.3.400")), line(event(src_ip="6.6.6.9", timestamp="2018-05-07T10:00Z"))]
+    junk = [
+        b"\n",
+        b'{"src_ip": "6.6.6.6"} {"src_ip": "6.6.6.7"}\n',
+        b"[1, 2]\n",
+        b'{"src_ip": "6.6.6.8",\n',
+        line(event(src_ip="1.2.3.400")),
+        line(event(src_ip="6.6.6.9", timestamp="2018-05-07T10:00Z")),
+    ]
     positions = [7, 2_000, 2_001, 5_003, 7_777, len(clean) - 3]
     lines = list(clean)
-    for position, bad in sorted(zip(positions, junk), reverse=True):
+    for position, bad in sorted(zip(positions, junk, strict=False), reverse=True):
         lines.insert(position, bad)
     day_log = read_day_log(write_log(tmp_path, b"".join(lines)))
 
@@ -507,7 +561,7 @@ def test_gzip_with_bytes_flipped_in_the_middle_keeps_earlier_lines(tmp_path: pat
     day_log = read_day_log(path)
 
     assert day_log.stats.read_error is not None
-    assert 0 < day_log.stats.lines
+    assert day_log.stats.lines > 0
     assert len(day_log.sources) > 0
     assert all(source.ip.count(".") == 3 or ":" in source.ip for source in day_log.sources)
 

@@ -207,8 +207,17 @@ def materialize_command(
     """The README's command for `day`, in its own process group (step processes too, if the executor makes
     any); the group is killed on the way out."""
     command = [
-        sys.executable, "-m", "dagster", "asset", "materialize", "-m", "enrichment_pipeline.definitions",
-        "--select", "*merged_inventory", "--partition", day.isoformat(),
+        sys.executable,
+        "-m",
+        "dagster",
+        "asset",
+        "materialize",
+        "-m",
+        "enrichment_pipeline.definitions",
+        "--select",
+        "*merged_inventory",
+        "--partition",
+        day.isoformat(),
     ]
     with open(output, "ab") as sink:
         process = subprocess.Popen(

@@ -60,7 +60,9 @@ def test_1200_ips_in_batches_of_500_are_all_answered_with_progress_callbacks(ser
     assert result.answers["10.1.2.3"].unrouted and result.answers["127.0.0.1"].unrouted
     assert result.answers["2a00:1450:4001::1"].asn == standin_origins("2a00:1450:4001::1")[0].asn
     assert sorted((o.number, o.total, len(o.ips), o.error) for o in outcomes) == [
-        (1, 3, 500, None), (2, 3, 500, None), (3, 3, 200, None)
+        (1, 3, 500, None),
+        (2, 3, 500, None),
+        (3, 3, 200, None),
     ]
     assert all(o.seconds >= 0 for o in outcomes)
     assert callback_threads == {caller}
@@ -197,17 +199,19 @@ def test_clean_close_after_an_unterminated_last_line_accepts_it_as_the_server_s_
 def test_an_independently_spelled_reply_is_understood() -> None:
     # Another server's choices: ASN header, tabs, CRLF, lower-case na, a `|` and a non-UTF-8 byte in AS names,
     # a duplicated line, a line for an IP nobody asked about and an expanded IPv6 echo.
-    reply = b"\r\n".join([
-        b"Bulk mode; whois.example.net [2026-01-01 00:00:00 +0000]",
-        b"ASN\t| IP\t| BGP Prefix\t| CC\t| Registry\t| Allocated\t| AS Name",
-        f"64500\t| {A}\t| 198.51.100.0/24\t| US\t| arin\t| 2001-01-01\t| ACME | WEST, US".encode(),
-        f"64500\t| {A}\t| 198.51.100.0/24\t| US\t| arin\t| 2001-01-01\t| ACME | WEST, US".encode(),
-        f"na\t| {B}\t| na\t| \t| other\t| \t| na".encode(),
-        b"64501\t| 2001:0db8:0000:0000:0000:0000:0000:0001\t| 2001:db8::/32\t| NL\t| ripencc\t| na"
-        b"\t| T\xc9L\xc9COM, NL",
-        b"64999\t| 8.8.8.8\t| 8.8.8.0/24\t| US\t| arin\t| 1992-12-01\t| UNASKED, US",
-        b"",
-    ])
+    reply = b"\r\n".join(
+        [
+            b"Bulk mode; whois.example.net [2026-01-01 00:00:00 +0000]",
+            b"ASN\t| IP\t| BGP Prefix\t| CC\t| Registry\t| Allocated\t| AS Name",
+            f"64500\t| {A}\t| 198.51.100.0/24\t| US\t| arin\t| 2001-01-01\t| ACME | WEST, US".encode(),
+            f"64500\t| {A}\t| 198.51.100.0/24\t| US\t| arin\t| 2001-01-01\t| ACME | WEST, US".encode(),
+            f"na\t| {B}\t| na\t| \t| other\t| \t| na".encode(),
+            b"64501\t| 2001:0db8:0000:0000:0000:0000:0000:0001\t| 2001:db8::/32\t| NL\t| ripencc\t| na"
+            b"\t| T\xc9L\xc9COM, NL",
+            b"64999\t| 8.8.8.8\t| 8.8.8.0/24\t| US\t| arin\t| 1992-12-01\t| UNASKED, US",
+            b"",
+        ]
+    )
     with scripted_server(reply, "close") as (host, port):
         client = CymruBulkClient(host, port, timeout_s=5)
         parsed = client.query_batch([A, B, "2001:db8::1"])

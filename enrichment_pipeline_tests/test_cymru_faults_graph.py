@@ -125,9 +125,7 @@ def recover(log_dir: Path, db_url: str, standin: CymruStandinServer, instance: D
 
 
 @pytest.mark.parametrize("fault", WHOLE_BATCH_FAULTS + LINE_FAULTS)
-def test_a_fault_in_one_batch_costs_only_its_ips_which_the_next_healthy_run_completes(
-    fault, log_dir, db_url, instance
-):
+def test_a_fault_in_one_batch_costs_only_its_ips_which_the_next_healthy_run_completes(fault, log_dir, db_url, instance):
     with CymruStandinServer() as standin:
         victim = IPS[BATCH]  # first IP of batch 2 of 3
         standin.set_fault(fault, trigger_ips=[victim])
@@ -191,8 +189,9 @@ def test_cymru_settings_from_the_environment_reach_the_run(log_dir, db_url, inst
         }.items():
             monkeypatch.setenv(name, value)
         monkeypatch.delenv("GREYNOISE_API_KEY", raising=False)
-        project = Definitions(assets=defs.assets, asset_checks=defs.asset_checks, jobs=defs.jobs,
-                              resources=build_resources())
+        project = Definitions(
+            assets=defs.assets, asset_checks=defs.asset_checks, jobs=defs.jobs, resources=build_resources()
+        )
         job = project.resolve_job_def("enrich_day")
         result = job.execute_in_process(partition_key=DAY.isoformat(), instance=instance)
         assert result.success
@@ -200,8 +199,9 @@ def test_cymru_settings_from_the_environment_reach_the_run(log_dir, db_url, inst
         assert standin.peak_connections == 2
 
         monkeypatch.setenv("CYMRU_MAX_PARALLEL", "9")  # more than Team Cymru should see: refused at run time
-        project = Definitions(assets=defs.assets, asset_checks=defs.asset_checks, jobs=defs.jobs,
-                              resources=build_resources())
+        project = Definitions(
+            assets=defs.assets, asset_checks=defs.asset_checks, jobs=defs.jobs, resources=build_resources()
+        )
         result = project.resolve_job_def("enrich_day").execute_in_process(
             partition_key=DAY.isoformat(), instance=instance, raise_on_error=False
         )

@@ -84,9 +84,7 @@ MOAS_LINES = [
 
 
 @pytest.mark.parametrize("order", [(0, 1, 2), (2, 1, 0), (1, 2, 0)])
-def test_moas_keeps_every_origin_and_picks_the_lowest_asn_whatever_the_line_order(
-    order: tuple[int, int, int]
-) -> None:
+def test_moas_keeps_every_origin_and_picks_the_lowest_asn_whatever_the_line_order(order: tuple[int, int, int]) -> None:
     parsed = parse_bulk_reply(reply(NEW_BANNER, HEADER, *(MOAS_LINES[i] for i in order)), ["192.0.2.77"])
     answer = parsed.answers["192.0.2.77"]
     assert [origin.asn for origin in answer.origins] == [13335, 20940, 64500]
@@ -225,9 +223,7 @@ def test_non_utf8_bytes_in_an_as_name_keep_the_answer() -> None:
 
 
 def test_lines_fitting_nothing_are_counted_as_garbled_and_do_not_disturb_answers() -> None:
-    text = reply(
-        NEW_BANNER, HEADER, SAUNET, "<<trailing garbage>>", "\ufffd\ufffd | not-an-ip | x", "begin", "| |"
-    )
+    text = reply(NEW_BANNER, HEADER, SAUNET, "<<trailing garbage>>", "\ufffd\ufffd | not-an-ip | x", "begin", "| |")
     parsed = parse_bulk_reply(text, ["216.90.108.31"])
     assert parsed.answers["216.90.108.31"].asn == 23028
     assert parsed.garbled_lines == 4
@@ -258,9 +254,7 @@ def test_requested_ips_are_matched_in_canonical_form() -> None:
 
 
 def test_build_bulk_query_frames_verbose_query_with_one_ip_per_line() -> None:
-    assert build_bulk_query(["216.90.108.31", "2001:db8::1"]) == (
-        b"begin\nverbose\n216.90.108.31\n2001:db8::1\nend\n"
-    )
+    assert build_bulk_query(["216.90.108.31", "2001:db8::1"]) == (b"begin\nverbose\n216.90.108.31\n2001:db8::1\nend\n")
 
 
 @pytest.mark.parametrize(

@@ -44,10 +44,12 @@ def test_verbose_reply_is_banner_header_then_padded_data_lines(server: CymruStan
     asn = standin_origins("8.8.8.8")[0].asn
     assert BANNER.fullmatch(lines[0])
     assert lines[1] == VERBOSE_HEADER
-    assert sorted(lines[2:4]) == sorted([
-        f"{asn}   | 8.8.8.8          | 8.8.8.0/24          | ZZ | standin  |            | STANDIN-AS{asn}, ZZ",
-        "NA      | 10.0.0.1         | NA                  |    | other    |            | NA",
-    ])
+    assert sorted(lines[2:4]) == sorted(
+        [
+            f"{asn}   | 8.8.8.8          | 8.8.8.0/24          | ZZ | standin  |            | STANDIN-AS{asn}, ZZ",
+            "NA      | 10.0.0.1         | NA                  |    | other    |            | NA",
+        ]
+    )
     assert lines[4:] == [""]  # the reply ends with a newline and nothing else
 
 
@@ -75,7 +77,10 @@ def test_without_verbose_there_is_no_header_and_only_as_ip_and_name(server: Cymr
 def test_single_column_options_add_their_columns_and_noasname_drops_the_name(server: CymruStandinServer) -> None:
     lines = exchange(server, b"begin\nprefix\ncountrycode\nnoasname\n1.1.1.1\nend\n").split("\n")
     assert [cell.strip() for cell in lines[1].split("|")] == [
-        str(standin_origins("1.1.1.1")[0].asn), "1.1.1.1", "1.1.1.0/24", "ZZ"
+        str(standin_origins("1.1.1.1")[0].asn),
+        "1.1.1.1",
+        "1.1.1.0/24",
+        "ZZ",
     ]
 
 

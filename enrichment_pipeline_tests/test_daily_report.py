@@ -34,8 +34,13 @@ DAY = date(2018, 5, 7)
 NOW = datetime(2018, 5, 8, tzinfo=UTC)
 
 
-def row(ip: str, asn: int | None = None, org: str | None = None, country: str | None = None,
-        greynoise: dict[str, Any] | None = None) -> dict[str, Any]:
+def row(
+    ip: str,
+    asn: int | None = None,
+    org: str | None = None,
+    country: str | None = None,
+    greynoise: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """An inventory row as fetch_inventory returns it (only the columns the report reads)."""
     return {
         "ip_address": ip,
@@ -73,8 +78,12 @@ def test_asns_countries_and_classifications_are_ranked_with_org_names_and_shares
     ]
     assert report.top_countries["country"].tolist() == ["CN", "US", "BR", UNKNOWN]
     assert report.top_countries["ips"].tolist() == [3, 2, 1, 1]
-    assert dict(zip(report.greynoise["classification"], report.greynoise["ips"])) == {
-        "malicious": 2, NOT_LOOKED_UP: 2, "benign": 1, NOT_OBSERVED: 1, "unknown": 1,
+    assert dict(zip(report.greynoise["classification"], report.greynoise["ips"], strict=False)) == {
+        "malicious": 2,
+        NOT_LOOKED_UP: 2,
+        "benign": 1,
+        NOT_OBSERVED: 1,
+        "unknown": 1,
     }
     assert (report.ips, report.with_asn, report.countries) == (7, 5, 3)
     assert (report.greynoise_noise, report.greynoise_riot) == (3, 1)
@@ -82,8 +91,9 @@ def test_asns_countries_and_classifications_are_ranked_with_org_names_and_shares
 
 
 def test_beyond_the_top_the_rest_is_one_other_row_and_an_empty_day_is_an_empty_report():
-    rows = [row(f"2.0.{asn}.{n}", asn, f"ORG{asn}", f"C{chr(65 + asn % 26)}") for asn in range(1, 16)
-            for n in range(asn)]
+    rows = [
+        row(f"2.0.{asn}.{n}", asn, f"ORG{asn}", f"C{chr(65 + asn % 26)}") for asn in range(1, 16) for n in range(asn)
+    ]
     report = build_daily_report(DAY, rows, top=3)
     assert report.top_asns["asn"].tolist() == ["AS15", "AS14", "AS13", "other (12 ASNs)"]
     assert report.top_asns["ips"].sum() == len(rows) == 120
@@ -100,26 +110,40 @@ def test_greynoise_buckets():
     assert greynoise_bucket(row("3.0.0.1", greynoise=answer("3.0.0.1", None))) == UNKNOWN
 
 
-
 def test_the_report_of_a_day_counts_only_that_days_ips_from_the_inventory(engine):
     def seen(ip: str) -> DayActivity:
         return DayActivity(ip, 1, 3, NOW, NOW)
 
     maxmind = {"asn": 64500, "asn_org": "EXAMPLE-AS | pipes", "country_code": "de"}
-    upsert_day(engine, DAY, [seen("5.0.0.1"), seen("5.0.0.2")], [
-        SourceUpdate("5.0.0.1", maxmind=maxmind, greynoise=answer("5.0.0.1", "malicious")),
-        SourceUpdate("5.0.0.2", maxmind=maxmind),
-    ], now=NOW)
-    upsert_day(engine, date(2018, 5, 8), [seen("5.0.0.2"), seen("6.0.0.1")], [
-        SourceUpdate("6.0.0.1", maxmind={"asn": 64501, "asn_org": "OTHER", "country_code": "FR"}),
-    ], now=NOW)
+    upsert_day(
+        engine,
+        DAY,
+        [seen("5.0.0.1"), seen("5.0.0.2")],
+        [
+            SourceUpdate("5.0.0.1", maxmind=maxmind, greynoise=answer("5.0.0.1", "malicious")),
+            SourceUpdate("5.0.0.2", maxmind=maxmind),
+        ],
+        now=NOW,
+    )
+    upsert_day(
+        engine,
+        date(2018, 5, 8),
+        [seen("5.0.0.2"), seen("6.0.0.1")],
+        [
+            SourceUpdate("6.0.0.1", maxmind={"asn": 64501, "asn_org": "OTHER", "country_code": "FR"}),
+        ],
+        now=NOW,
+    )
 
     report = build_daily_report(DAY, fetch_inventory(engine, ips_seen_on(engine, DAY)))
     assert report.top_asns.to_dict("records") == [
         {"asn": "AS64500", "as_org": "EXAMPLE-AS | pipes", "ips": 2, "share_pct": 100.0}
     ]
     assert report.top_countries["country"].tolist() == ["DE"]
-    assert dict(zip(report.greynoise["classification"], report.greynoise["ips"])) == {"malicious": 1, NOT_LOOKED_UP: 1}
+    assert dict(zip(report.greynoise["classification"], report.greynoise["ips"], strict=False)) == {
+        "malicious": 1,
+        NOT_LOOKED_UP: 1,
+    }
 
 
 def test_the_asset_reports_each_materialized_day_as_markdown_tables(tmp_path: Path, sample_log_dir: Path):

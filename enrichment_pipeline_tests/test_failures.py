@@ -34,7 +34,6 @@ NO_ASN = {"asn": None, "country_code": "DE"}
 CYMRU = {"status": "routed", "asn": 23028, "as_name": "TEAMCYMRU", "country_code": "US"}
 
 
-
 def failures_by_pair(engine: Engine) -> dict[tuple[str, str], dict[str, Any]]:
     return {(row["ip_address"], row["source"]): row for row in fetch_failures(engine)}
 
@@ -159,7 +158,9 @@ def test_failed_batch_then_recovery_through_real_materializations(
     assert meta["ips_needing_cymru"]["skipped_fresh"].value == len(asked) - 10
     assert meta["merged_inventory"]["failures_cleared"].value == 10
     assert fetch_failures(engine) == []
-    assert all(row["enrichment"]["cymru"]["status"] in ("routed", "unrouted") for row in fetch_inventory(engine, doomed))
+    assert all(
+        row["enrichment"]["cymru"]["status"] in ("routed", "unrouted") for row in fetch_inventory(engine, doomed)
+    )
 
 
 def test_failed_greynoise_lookup_is_kept_and_retried_by_the_next_run(
@@ -174,7 +175,12 @@ def test_failed_greynoise_lookup_is_kept_and_retried_by_the_next_run(
 
     with DagsterInstance.ephemeral() as instance:
         meta = run_day(
-            day, sample_log_dir, db_url, standin.address[1], asn_db_covering_one_ip[0], instance,
+            day,
+            sample_log_dir,
+            db_url,
+            standin.address[1],
+            asn_db_covering_one_ip[0],
+            instance,
             keyed_greynoise(graph_greynoise),
         )
         engine = make_engine(db_url)
@@ -185,7 +191,12 @@ def test_failed_greynoise_lookup_is_kept_and_retried_by_the_next_run(
 
         asked_before = len(graph_greynoise.requests)
         meta = run_day(
-            day, sample_log_dir, db_url, standin.address[1], asn_db_covering_one_ip[0], instance,
+            day,
+            sample_log_dir,
+            db_url,
+            standin.address[1],
+            asn_db_covering_one_ip[0],
+            instance,
             keyed_greynoise(graph_greynoise),
         )
 

@@ -23,7 +23,7 @@ from enrichment_pipeline.core.freshness import MaxMindBuilds
 from enrichment_pipeline.core.inventory import DayActivity
 from enrichment_pipeline.core.maxmind import MaxMindRecord
 
-UTC = datetime.timezone.utc
+UTC = datetime.UTC
 NOON = datetime.datetime(2018, 5, 7, 12, 0, 0, 123456, tzinfo=UTC)
 
 
@@ -54,10 +54,12 @@ def test_python_values_of_every_dtype_are_plain_python_with_none_where_missing()
 
 
 def test_day_activity_gives_python_datetimes_and_none_for_missing_moments() -> None:
-    frame = sources_frame([
-        SourceIpActivity("192.0.2.1", 2, 5, NOON, NOON + datetime.timedelta(hours=1)),
-        SourceIpActivity("192.0.2.2", 0, 1, None, None),
-    ])
+    frame = sources_frame(
+        [
+            SourceIpActivity("192.0.2.1", 2, 5, NOON, NOON + datetime.timedelta(hours=1)),
+            SourceIpActivity("192.0.2.2", 0, 1, None, None),
+        ]
+    )
     assert day_activity(frame) == [
         DayActivity("192.0.2.1", 2, 5, NOON, NOON + datetime.timedelta(hours=1)),
         DayActivity("192.0.2.2", 0, 1, None, None),
@@ -68,19 +70,33 @@ def test_day_activity_gives_python_datetimes_and_none_for_missing_moments() -> N
 def test_source_updates_carry_plain_values_and_every_cymru_origin() -> None:
     builds = MaxMindBuilds(1_530_576_000, None)
     maxmind = maxmind_frame(
-        [MaxMindRecord("192.0.2.1", True, "DE", "Germany", None, 51.3, 9.5, 100, None, None),
-         MaxMindRecord("192.0.2.2", False)],
+        [
+            MaxMindRecord("192.0.2.1", True, "DE", "Germany", None, 51.3, 9.5, 100, None, None),
+            MaxMindRecord("192.0.2.2", False),
+        ],
         builds,
     )
-    origins = (CymruOrigin(64500, "192.0.2.0/24", "US", "arin", None, "ONE | TWO"),
-               CymruOrigin(64501, "192.0.2.0/24", "US", "arin", "2001-01-01", "THREE"))
-    cymru = cymru_frame(BulkLookupResult(
-        answers={"192.0.2.1": CymruAnswer("192.0.2.1", origins)}, failed={"192.0.2.2": "batch 1/1: timed out"}
-    ))
+    origins = (
+        CymruOrigin(64500, "192.0.2.0/24", "US", "arin", None, "ONE | TWO"),
+        CymruOrigin(64501, "192.0.2.0/24", "US", "arin", "2001-01-01", "THREE"),
+    )
+    cymru = cymru_frame(
+        BulkLookupResult(
+            answers={"192.0.2.1": CymruAnswer("192.0.2.1", origins)}, failed={"192.0.2.2": "batch 1/1: timed out"}
+        )
+    )
     first, second = source_updates(maxmind, cymru)
     assert first.maxmind == {
-        "found": True, "country_code": "DE", "country_name": "Germany", "city": None, "latitude": 51.3,
-        "longitude": 9.5, "accuracy_radius": 100, "asn": None, "asn_org": None, **builds.as_dict(),
+        "found": True,
+        "country_code": "DE",
+        "country_name": "Germany",
+        "city": None,
+        "latitude": 51.3,
+        "longitude": 9.5,
+        "accuracy_radius": 100,
+        "asn": None,
+        "asn_org": None,
+        **builds.as_dict(),
     }
     assert first.cymru is not None and first.cymru["asn"] == 64500 and first.cymru["as_name"] == "ONE | TWO"
     assert [origin["asn"] for origin in first.cymru["origins"]] == [64500, 64501]

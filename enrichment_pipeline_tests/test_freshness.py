@@ -41,7 +41,6 @@ BUILDS = MaxMindBuilds(city=1530653216, asn=1700000000)
 POLICY = FreshnessPolicy.from_days(7, 30, 7, BUILDS)
 
 
-
 def maxmind(asn: int | None, builds: MaxMindBuilds = BUILDS) -> dict:
     return {"asn": asn, "asn_org": "Org" if asn else None, "country_code": "DE", **builds.as_dict()}
 
@@ -94,7 +93,9 @@ def test_policy_rejects_negative_or_nan_ttls_and_unknown_sources() -> None:
 
 
 def test_unrouted_cymru_answer_is_as_fresh_as_a_routed_one(engine: Engine) -> None:
-    upsert_day(engine, DAY, [], [SourceUpdate("192.0.2.1", cymru=CYMRU), SourceUpdate("10.1.2.3", cymru=UNROUTED)], now=NOW)
+    upsert_day(
+        engine, DAY, [], [SourceUpdate("192.0.2.1", cymru=CYMRU), SourceUpdate("10.1.2.3", cymru=UNROUTED)], now=NOW
+    )
 
     ttl = timedelta(days=30)
     assert fresh_ips(engine, ["192.0.2.1", "10.1.2.3", "192.0.2.9"], "cymru", ttl, now=NOW) == {"192.0.2.1", "10.1.2.3"}
@@ -226,17 +227,29 @@ def test_with_greynoise_a_repeated_day_makes_zero_cymru_and_zero_greynoise_calls
 
     with DagsterInstance.ephemeral() as instance:
         first = run_day(
-            day, sample_log_dir, db_url, standin.address[1], asn_db_covering_one_ip[0], instance,
+            day,
+            sample_log_dir,
+            db_url,
+            standin.address[1],
+            asn_db_covering_one_ip[0],
+            instance,
             keyed_greynoise(graph_greynoise),
         )
         cymru_sent, greynoise_sent = len(standin.requests), len(graph_greynoise.requests)
         repeat = run_day(
-            day, sample_log_dir, db_url, standin.address[1], asn_db_covering_one_ip[0], instance,
+            day,
+            sample_log_dir,
+            db_url,
+            standin.address[1],
+            asn_db_covering_one_ip[0],
+            instance,
             keyed_greynoise(graph_greynoise),
         )
 
     assert sorted(graph_greynoise.asked()[:greynoise_sent]) == askable and cymru_sent > 0
-    assert standin.requests[cymru_sent:] == [] and graph_greynoise.requests[greynoise_sent:] == []  # the servers' own logs
+    assert (
+        standin.requests[cymru_sent:] == [] and graph_greynoise.requests[greynoise_sent:] == []
+    )  # the servers' own logs
     assert first["merged_inventory"]["greynoise_stored"].value == len(askable)
     assert repeat["greynoise_results"]["fresh"].value == len(askable)
     assert repeat["merged_inventory"]["greynoise_stored"].value == 0
@@ -288,4 +301,6 @@ def test_a_replaced_maxmind_database_rewrites_maxmind_answers_within_the_ttl(
     stored = {row["enrichment"]["maxmind"][ASN_BUILD_KEY] for row in fetch_inventory(make_engine(db_url), ips)}
     assert stored == {1_600_086_400}
     city_build = MaxMindLookup().city_info.build_epoch
-    assert {row["enrichment"]["maxmind"][CITY_BUILD_KEY] for row in fetch_inventory(make_engine(db_url))} == {city_build}
+    assert {row["enrichment"]["maxmind"][CITY_BUILD_KEY] for row in fetch_inventory(make_engine(db_url))} == {
+        city_build
+    }

@@ -101,8 +101,9 @@ def greynoise_resource(server: FakeGreyNoise, *, key: str | EnvVar = "", **optio
     return GreyNoiseResource(api_key=key, api_url=server.url, **options)  # type: ignore[arg-type]
 
 
-def run_greynoise(sample_log_dir: Path, db_url: str, greynoise: GreyNoiseResource, instance: DagsterInstance,
-                  **options: object):
+def run_greynoise(
+    sample_log_dir: Path, db_url: str, greynoise: GreyNoiseResource, instance: DagsterInstance, **options: object
+):
     return materialize(
         [cowrie_source_ips, greynoise_results],
         partition_key=DAY,
@@ -122,8 +123,9 @@ def metadata_of(result, asset: str) -> dict:
     return {name: getattr(value, "value", value) for name, value in event.materialization.metadata.items()}
 
 
-def run_graph(sample_log_dir: Path, db_url: str, cymru_port: int, greynoise: GreyNoiseResource,
-              instance: DagsterInstance):
+def run_graph(
+    sample_log_dir: Path, db_url: str, cymru_port: int, greynoise: GreyNoiseResource, instance: DagsterInstance
+):
     return materialize(
         enrichment_assets,
         partition_key=DAY,
@@ -169,7 +171,7 @@ def test_with_a_key_the_graph_asks_each_global_ipv4_once_stores_the_answers_and_
     assert dict(frame.dtypes.astype(str)) == GREYNOISE_COLUMNS
     assert sorted(frame["ip"]) == day_ips
     assert sorted(asked_first) == sorted(askable)  # each askable IP exactly once
-    statuses = dict(zip(frame["ip"], frame["status"]))
+    statuses = dict(zip(frame["ip"], frame["status"], strict=False))
     assert statuses[askable[0]] == "not_observed" and statuses[askable[1]] == "failed"
     assert all(statuses[ip] == "observed" for ip in askable[2:])
     assert all(statuses[ip] == "skipped" for ip in set(day_ips) - set(askable))
@@ -183,7 +185,7 @@ def test_with_a_key_the_graph_asks_each_global_ipv4_once_stores_the_answers_and_
     assert all(rows[ip]["greynoise_classification"] == classified[ip] for ip in askable[2:])
     assert rows[askable[0]]["enrichment"]["greynoise"]["observed"] is False
     # The repeat asks only what failed (it recovers now): everything else is fresh.
-    assert server.asked()[len(asked_first):] == [askable[1]]
+    assert server.asked()[len(asked_first) :] == [askable[1]]
     assert rows[askable[1]]["enrichment"]["greynoise"]["observed"] is True
     report = metadata_of(repeat, "daily_report")["greynoise_classifications"]
     assert "| malicious |" in report and "| not observed | 1 |" in report
@@ -214,9 +216,7 @@ def test_without_a_key_every_row_is_disabled_nothing_is_asked_and_the_graph_stil
     assert metadata_of(result, "daily_report")["ips"] == len(day_ips)
 
 
-def test_answers_younger_than_the_ttl_are_not_asked_again_and_older_ones_are(
-    server, sample_log_dir, db_url, day_ips
-):
+def test_answers_younger_than_the_ttl_are_not_asked_again_and_older_ones_are(server, sample_log_dir, db_url, day_ips):
     askable = [ip for ip in day_ips if skip_reason(ip) is None]
     fresh, stale = askable[:3], askable[3:5]
     engine = make_engine(db_url)
@@ -250,9 +250,10 @@ def test_the_daily_budget_holds_across_runs_and_the_rest_waits_for_the_retry_lis
     frame = first.output_for_node("greynoise_results")
     assert (frame["status"] == "observed").sum() == 5
     assert set(frame.loc[frame["status"] == "failed", "error"]) == {BUDGET_EXHAUSTED}
-    assert (metadata_of(first, "greynoise_results")["budget_left"], metadata_of(first, "greynoise_results")["failed"]) == (
-        0, len(askable) - 5
-    )
+    assert (
+        metadata_of(first, "greynoise_results")["budget_left"],
+        metadata_of(first, "greynoise_results")["failed"],
+    ) == (0, len(askable) - 5)
     second_frame = second.output_for_node("greynoise_results")
     assert metadata_of(second, "greynoise_results")["requests_made"] == 0
     assert (second_frame["status"] == "failed").sum() == len(askable)
@@ -280,8 +281,15 @@ def test_ipv6_and_private_sources_are_skipped_without_a_request(server, tmp_path
     logs = tmp_path / "logs"
     logs.mkdir()
     sources = ["2a01:4f8:c0c:1234::5", "10.1.2.3", "8.8.8.8"]
-    events = [{"eventid": "cowrie.session.connect", "src_ip": ip, "session": f"s{n}",
-               "timestamp": f"{DAY}T10:00:0{n}.000000Z"} for n, ip in enumerate(sources)]
+    events = [
+        {
+            "eventid": "cowrie.session.connect",
+            "src_ip": ip,
+            "session": f"s{n}",
+            "timestamp": f"{DAY}T10:00:0{n}.000000Z",
+        }
+        for n, ip in enumerate(sources)
+    ]
     (logs / f"cowrie.json.{DAY}").write_text("\n".join(json.dumps(e) for e in events) + "\n", encoding="utf-8")
     with DagsterInstance.ephemeral() as instance:
         result = run_greynoise(logs, db_url, greynoise_resource(server, key=KEY), instance)

@@ -91,13 +91,36 @@ def closed_port() -> int:
 
 def test_200_404_and_400_become_answers_not_observed_and_skips_and_unaskable_ips_are_never_sent(server):
     server.script("45.33.32.156", observed("malicious", name="Shodan.io", riot=False))
-    server.script("1.1.1.1", status(200, {"ip": "1.1.1.1", "noise": False, "riot": True, "classification": "benign",
-                                          "name": "Cloudflare", "link": "javascript:alert(1)", "last_seen": "2024-01-05",
-                                          "message": "Success"}))
+    server.script(
+        "1.1.1.1",
+        status(
+            200,
+            {
+                "ip": "1.1.1.1",
+                "noise": False,
+                "riot": True,
+                "classification": "benign",
+                "name": "Cloudflare",
+                "link": "javascript:alert(1)",
+                "last_seen": "2024-01-05",
+                "message": "Success",
+            },
+        ),
+    )
     server.script("93.184.216.34", not_observed())
     server.script("198.51.100.7", status(400, {"message": "Request is not a valid routable IPv4 address"}))
-    ips = ["45.33.32.156", "1.1.1.1", "93.184.216.34", "198.51.100.7", "2606:4700::1111", "10.0.0.1",
-           "127.0.0.1", "224.0.0.1", "not-an-ip", "45.33.32.156"]
+    ips = [
+        "45.33.32.156",
+        "1.1.1.1",
+        "93.184.216.34",
+        "198.51.100.7",
+        "2606:4700::1111",
+        "10.0.0.1",
+        "127.0.0.1",
+        "224.0.0.1",
+        "not-an-ip",
+        "45.33.32.156",
+    ]
 
     with client_for(server) as client:
         result = client.lookup(ips)
@@ -106,8 +129,17 @@ def test_200_404_and_400_become_answers_not_observed_and_skips_and_unaskable_ips
     assert {seen.key for seen in server.requests} == {KEY}
     assert result.requests_made == 3
     shodan = result.answers["45.33.32.156"]
-    assert shodan == GreyNoiseAnswer("45.33.32.156", True, True, False, "malicious", "Shodan.io",
-                                     "https://viz.greynoise.io/ip/45.33.32.156", "2018-05-07", "Success")
+    assert shodan == GreyNoiseAnswer(
+        "45.33.32.156",
+        True,
+        True,
+        False,
+        "malicious",
+        "Shodan.io",
+        "https://viz.greynoise.io/ip/45.33.32.156",
+        "2018-05-07",
+        "Success",
+    )
     cloudflare = result.answers["1.1.1.1"]
     assert (cloudflare.riot, cloudflare.classification, cloudflare.link) == (True, "benign", None)  # no js: link
     assert result.answers["93.184.216.34"] == GreyNoiseAnswer(
@@ -203,7 +235,7 @@ def test_5xx_is_retried_by_urllib3_at_the_client_rate(server):
     assert set(result.answers) == {"8.8.8.8", "8.8.4.4"} and result.requests_made == 4
     arrivals = server.arrivals()
     # urllib3 alone would resend at once; paced, no two requests arrive much closer than 1/20 s.
-    assert min(b - a for a, b in zip(arrivals, arrivals[1:])) >= 0.6 / 20
+    assert min(b - a for a, b in zip(arrivals, arrivals[1:], strict=False)) >= 0.6 / 20
 
 
 def test_a_5xx_that_persists_fails_that_ip_only(server):
@@ -268,9 +300,24 @@ def test_replies_that_are_not_greynoise_answers_fail_and_are_never_cached(server
 
 def test_answers_tolerate_missing_null_and_extra_fields_any_classification_and_any_content_type(server):
     server.script("8.8.8.8", status(200, {"ip": "8.8.8.8", "noise": True}))
-    server.script("8.8.4.4", status(200, {"ip": "8.8.4.4", "noise": True, "riot": None, "classification": None,
-                                          "name": None, "link": None, "last_seen": None, "message": None,
-                                          "tags": ["x"], "metadata": {"asn": "AS15169"}}))
+    server.script(
+        "8.8.4.4",
+        status(
+            200,
+            {
+                "ip": "8.8.4.4",
+                "noise": True,
+                "riot": None,
+                "classification": None,
+                "name": None,
+                "link": None,
+                "last_seen": None,
+                "message": None,
+                "tags": ["x"],
+                "metadata": {"asn": "AS15169"},
+            },
+        ),
+    )
     server.script("9.9.9.9", observed("Suspicious", last_seen="2024-01-05T23:30:00-05:00"))
     server.script("1.1.1.1", observed("benign", last_seen="2024-01-05T10:00:00Z"))
     server.script("1.0.0.1", observed("malicious", last_seen="2024-13-45"))
@@ -337,7 +384,7 @@ def test_requests_are_spaced_by_the_rate_limit_as_measured_by_the_server(server)
         result_2 = client.lookup(ips[4:])  # the spacing holds across calls of one client
     assert len(result.answers) + len(result_2.answers) == 8
     arrivals = server.arrivals()
-    gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
+    gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
     # Arrival times jitter by a few ms (each request is a new connection); the span cannot.
     assert len(gaps) == 7 and arrivals[-1] - arrivals[0] >= 7 / 10 - 0.01, gaps
     assert min(gaps) >= 0.6 / 10, gaps  # no burst
@@ -459,8 +506,14 @@ def test_the_frame_has_one_typed_row_per_ip_and_answers_round_trip_to_the_invent
         summarize_greynoise({"greynoise": greynoise_enrichment(rows[0])})
     )
     assert summarize_greynoise({"greynoise": answer.as_dict()}).classification == "malicious"
-    assert status_counts(frame) == {"observed": 1, "not_observed": 1, "fresh": 1, "skipped": 1, "failed": 2,
-                                    "disabled": 0}
+    assert status_counts(frame) == {
+        "observed": 1,
+        "not_observed": 1,
+        "fresh": 1,
+        "skipped": 1,
+        "failed": 2,
+        "disabled": 0,
+    }
     disabled = greynoise_frame(ips, None)
     assert set(disabled["status"]) == {"disabled"} and len(disabled) == 6
     assert isinstance(greynoise_frame([], None), pd.DataFrame)
@@ -510,9 +563,8 @@ def test_a_budgeted_lookup_charges_only_the_requests_sent_even_after_a_401(serve
         result = budgeted_lookup(client, budget, ["8.8.8.8", "8.8.4.4", "10.0.0.1", "2001:db8::1"], day=DAY)
     assert len(result.answers) == 2 and budget.used(DAY) == 2
 
-    with GreyNoiseClient(server.url, "gn-other-key", rate_per_s=1000) as client:
-        with pytest.raises(GreyNoiseAuthError):
-            budgeted_lookup(client, budget, ["1.1.1.1", "9.9.9.9"], day=DAY)
+    with GreyNoiseClient(server.url, "gn-other-key", rate_per_s=1000) as client, pytest.raises(GreyNoiseAuthError):
+        budgeted_lookup(client, budget, ["1.1.1.1", "9.9.9.9"], day=DAY)
     assert budget.used(DAY) == 3
 
 

@@ -112,8 +112,9 @@ def cymru() -> Iterator[CymruStandinServer]:
         yield server
 
 
-def enrich_day(log_dir: Path, db_url: str, cymru: CymruStandinServer, greynoise_url: str,
-               instance: DagsterInstance) -> ExecuteInProcessResult:
+def enrich_day(
+    log_dir: Path, db_url: str, cymru: CymruStandinServer, greynoise_url: str, instance: DagsterInstance
+) -> ExecuteInProcessResult:
     resources = {
         "cowrie_logs": CowrieLogDirectory(log_dir=str(log_dir)),
         "maxmind": MaxMindResource(),

@@ -44,12 +44,11 @@ UNROUTED = {"status": "unrouted", "asn": None, "as_name": None, "country_code": 
 HOSTILE_TEXTS = (
     "'); DROP TABLE ip_inventory;--",
     'Robert"); DELETE FROM ip_daily_activity; --',
-    "O'Brien \"quoted\" `ticks` \\ backslash %s %(name)s ? :param $1",
+    'O\'Brien "quoted" `ticks` \\ backslash %s %(name)s ? :param $1',
     "ünïcødé — 中文 🐝 \u202eevil",
     "line one\nline two\r\n\ttabbed",
     "x" * 5000,
 )
-
 
 
 def at(day: date, hour: int, minute: int = 0) -> datetime:
@@ -233,9 +232,7 @@ def test_constraint_violation_midway_leaves_both_tables_as_before(engine: Engine
     assert daily_rows(engine) == daily_before
 
 
-def test_failure_after_the_last_write_rolls_back_both_tables(
-    engine: Engine, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_failure_after_the_last_write_rolls_back_both_tables(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     inventory_before, daily_before = seed_two_days(engine)
     write_changes = upsert._write_changes
 
@@ -352,10 +349,12 @@ def synthetic_ips(count: int) -> list[str]:
 
 def test_ten_thousand_ip_upsert_counts_and_sums_are_exact(engine: Engine) -> None:
     ips = synthetic_ips(10_000)
-    activity = [DayActivity(ip, i % 7 + 1, i % 7 + 5, at(DAY1, i % 24), at(DAY1, 23))
-                for i, ip in enumerate(ips)]
-    updates = [SourceUpdate(ip, maxmind={"asn": 64512 + i, "asn_org": f"Org {i}", "country_code": "SE"})
-               for i, ip in enumerate(ips) if i % 2 == 0]
+    activity = [DayActivity(ip, i % 7 + 1, i % 7 + 5, at(DAY1, i % 24), at(DAY1, 23)) for i, ip in enumerate(ips)]
+    updates = [
+        SourceUpdate(ip, maxmind={"asn": 64512 + i, "asn_org": f"Org {i}", "country_code": "SE"})
+        for i, ip in enumerate(ips)
+        if i % 2 == 0
+    ]
 
     first = upsert_day(engine, DAY1, activity, updates, now=NOW)
     day2 = [DayActivity(ip, 1, 1, at(DAY2, 0), at(DAY2, 1)) for ip in ips]
@@ -383,8 +382,12 @@ def upsert_history(engine: Engine) -> list[UpsertStats]:
     ips = synthetic_ips(20)
     day1 = [seen(ip, DAY1, i % 3 + 1, 1, 2 + i % 20) for i, ip in enumerate(ips[:15])]
     updates1 = [
-        SourceUpdate(ip, maxmind=MAXMIND if i % 2 else None, cymru=CYMRU if i % 3 == 0 else None,
-                     greynoise={"observed": True, "classification": "malicious"} if i % 5 == 0 else None)
+        SourceUpdate(
+            ip,
+            maxmind=MAXMIND if i % 2 else None,
+            cymru=CYMRU if i % 3 == 0 else None,
+            greynoise={"observed": True, "classification": "malicious"} if i % 5 == 0 else None,
+        )
         for i, ip in enumerate(ips[:15])
     ]
     failures1 = [LookupFailure(ip, "cymru", f"batch {i}/3: timed out") for i, ip in enumerate(ips[15:])]

@@ -36,8 +36,13 @@ def write_day(directory: Path) -> Path:
     for number, src_ip in enumerate(LOGGED):
         session = f"s{number:03d}"
         for second, eventid in enumerate(("cowrie.session.connect", "cowrie.login.failed", "cowrie.session.closed")):
-            event = {"eventid": eventid, "src_ip": src_ip, "session": session,
-                     "timestamp": f"{DAY}T10:{number:02d}:{second:02d}.000000Z", "dst_port": 2222}
+            event = {
+                "eventid": eventid,
+                "src_ip": src_ip,
+                "session": session,
+                "timestamp": f"{DAY}T10:{number:02d}:{second:02d}.000000Z",
+                "dst_port": 2222,
+            }
             lines.append(json.dumps(event))
     path = directory / f"cowrie.json.{DAY}"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -183,8 +183,14 @@ def test_built_database_is_readable_by_geoip2_asn_and_by_ipv4_mapped_address(asn
 
 @pytest.mark.parametrize(
     "network",
-    [("10.0.0.1/8", 1, "HOST-BITS"), ("10.0.0.0/33", 1, "BAD-LEN"), ("10.0.0.0/8", -1, "NEG"),
-     ("10.0.0.0/8", 2**32, "HUGE"), ("10.0.0.0/8", True, "BOOL"), ("::/0", 1, "ALL-V6")],
+    [
+        ("10.0.0.1/8", 1, "HOST-BITS"),
+        ("10.0.0.0/33", 1, "BAD-LEN"),
+        ("10.0.0.0/8", -1, "NEG"),
+        ("10.0.0.0/8", 2**32, "HUGE"),
+        ("10.0.0.0/8", True, "BOOL"),
+        ("::/0", 1, "ALL-V6"),
+    ],
 )
 def test_write_asn_database_rejects_bad_networks_and_leaves_no_file(
     tmp_path: Path, network: tuple[str, int, str]
@@ -266,7 +272,6 @@ def test_rewritten_database_is_reopened_while_old_lookups_keep_working(tmp_path:
     assert before.lookup("198.51.100.9").asn == 64500
 
 
-
 # --- demo database -------------------------------------------------------------------------------------
 
 
@@ -284,7 +289,7 @@ def _sample_source_ips() -> set[str]:
 def test_demo_networks_are_every_third_sample_slash16() -> None:
     slash16s = sorted({ipaddress.ip_network(f"{ip}/16", strict=False) for ip in _sample_source_ips()})
     assert len(slash16s) == 49
-    assert DEMO_NETWORKS == tuple(str(network) for network in slash16s[::3])
+    assert tuple(str(network) for network in slash16s[::3]) == DEMO_NETWORKS
 
 
 def test_demo_database_covers_some_sample_ips_with_labelled_private_asns(tmp_path: Path) -> None:

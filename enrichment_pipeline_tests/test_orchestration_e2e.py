@@ -220,7 +220,10 @@ def asset_job_from_env():
     }
     whole_day = define_asset_job("whole_day", AssetSelection.all())
     project = Definitions(
-        assets=defs.assets, asset_checks=defs.asset_checks, jobs=[whole_day], resources=resources,
+        assets=defs.assets,
+        asset_checks=defs.asset_checks,
+        jobs=[whole_day],
+        resources=resources,
         executor=defs.executor,
     )
     return project.resolve_job_def("whole_day")

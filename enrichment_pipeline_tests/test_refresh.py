@@ -77,8 +77,14 @@ def daily_rows(engine: Engine) -> list[tuple]:
 
 def run_refresh(engine, ips, geoip, server, now, greynoise=None, **options):
     return refresh(
-        engine, ips, maxmind=geoip, cymru=client(server), greynoise=greynoise, policy=policy_for(geoip),
-        clock=lambda: now, **{"chunk_size": 1000, **options},
+        engine,
+        ips,
+        maxmind=geoip,
+        cymru=client(server),
+        greynoise=greynoise,
+        policy=policy_for(geoip),
+        clock=lambda: now,
+        **{"chunk_size": 1000, **options},
     )
 
 
@@ -87,9 +93,7 @@ def greynoise_lookup(server: FakeGreyNoise, engine: Engine, *, key: str = KEY, d
     return budgeted_greynoise(gn_client, GreyNoiseDailyBudget(engine, daily_limit))
 
 
-def test_refresh_of_expired_ips_asks_cymru_only_without_a_maxmind_asn_and_keeps_activity(
-    sqlite_engine, geoip, standin
-):
+def test_refresh_of_expired_ips_asks_cymru_only_without_a_maxmind_asn_and_keeps_activity(sqlite_engine, geoip, standin):
     seed(sqlite_engine, geoip, T0)
     activity_before = daily_rows(sqlite_engine)
     now = T0 + timedelta(days=31)
@@ -102,8 +106,10 @@ def test_refresh_of_expired_ips_asks_cymru_only_without_a_maxmind_asn_and_keeps_
     assert report.counts()["cymru_asked"] == 3 and report.counts()["maxmind_rewritten"] == 5
     rows = {row["ip_address"]: row for row in fetch_inventory(sqlite_engine)}
     assert all(rows[ip]["maxmind_updated_at"] == now for ip in ALL)
-    assert all(rows[ip]["cymru_updated_at"] == now and rows[ip]["enrichment"]["cymru"]["as_name"] != "OLD"
-               for ip in WITHOUT_ASN)
+    assert all(
+        rows[ip]["cymru_updated_at"] == now and rows[ip]["enrichment"]["cymru"]["as_name"] != "OLD"
+        for ip in WITHOUT_ASN
+    )
     assert all("cymru" not in rows[ip]["enrichment"] for ip in WITH_ASN)
     assert daily_rows(sqlite_engine) == activity_before  # no day's activity changed
     assert all(rows[ip]["session_count"] == 2 for ip in ALL)
@@ -123,9 +129,9 @@ def test_only_the_stale_source_is_asked_and_fresh_ips_cost_nothing(sqlite_engine
     assert standin.requests == []
     assert report.counts()["maxmind_rewritten"] == 5
     rows = fetch_inventory(sqlite_engine)
-    assert {(row["maxmind_updated_at"], row["cymru_updated_at"]) for row in rows if row["ip_address"] in WITHOUT_ASN} == {
-        (later, T0)
-    }
+    assert {
+        (row["maxmind_updated_at"], row["cymru_updated_at"]) for row in rows if row["ip_address"] in WITHOUT_ASN
+    } == {(later, T0)}
 
 
 def test_forced_refresh_asks_every_applicable_source(sqlite_engine, geoip, standin):
@@ -215,7 +221,9 @@ def test_schedule_runs_the_refresh_job_every_six_hours_and_is_on_by_default():
     assert refresh_stale_schedule.job_name == "refresh_stale"
 
     with DagsterInstance.ephemeral() as instance:
-        context = build_schedule_context(instance=instance, scheduled_execution_time=datetime(2018, 5, 7, 6, tzinfo=UTC))
+        context = build_schedule_context(
+            instance=instance, scheduled_execution_time=datetime(2018, 5, 7, 6, tzinfo=UTC)
+        )
         (request,) = refresh_stale_schedule.evaluate_tick(context).run_requests
     assert isinstance(request, RunRequest)
 
@@ -260,7 +268,11 @@ def test_greynoise_failures_and_the_spent_budget_go_to_the_retry_list(sqlite_eng
     now = T0 + timedelta(hours=1)
 
     report = run_refresh(
-        sqlite_engine, GLOBAL_V4, geoip, standin, now,
+        sqlite_engine,
+        GLOBAL_V4,
+        geoip,
+        standin,
+        now,
         greynoise=greynoise_lookup(refresh_greynoise, sqlite_engine, daily_limit=1),
     )
 

@@ -77,8 +77,9 @@ def test_a_day_already_in_the_inventory_or_being_run_is_skipped(schedule):
     with instance_for_test() as instance:
         assert isinstance(tick(schedule, when, instance), RunRequest)
 
-        run = create_run_for_test(instance, job_name="enrich_day", tags={"dagster/partition": "2018-05-07"},
-                                  status=DagsterRunStatus.STARTED)
+        run = create_run_for_test(
+            instance, job_name="enrich_day", tags={"dagster/partition": "2018-05-07"}, status=DagsterRunStatus.STARTED
+        )
         skipped = tick(schedule, when, instance)
         assert isinstance(skipped, SkipReason) and run.run_id in skipped.skip_message
 

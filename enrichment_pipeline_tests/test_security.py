@@ -69,7 +69,7 @@ SQL_TEXTS = [
 ]
 SQL_SRC_IPS = [
     "1.2.3.4'; DROP TABLE ip_inventory;--",
-    "1.2.3.4\" OR \"1\"=\"1",
+    '1.2.3.4" OR "1"="1',
     "' OR 1=1 --",
     "1.2.3.4/**/UNION/**/SELECT/**/1",
     "::1'); DELETE FROM ip_daily_activity;--",
@@ -103,21 +103,20 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return request.getfixturevalue("pg_engine").url.render_as_string(hide_password=False)
 
 
-def test_sql_looking_text_in_every_attacker_field_is_stored_verbatim_or_rejected_and_tables_survive(
-    tmp_path, db_url
-):
+def test_sql_looking_text_in_every_attacker_field_is_stored_verbatim_or_rejected_and_tables_survive(tmp_path, db_url):
     clean_ips = [f"45.77.1.{n}" for n in range(1, len(SQL_TEXTS) + 1)]
     bad_registry_ip, piped_name_ip = "45.77.2.1", "45.77.2.2"
     lines = [
         # Session ids and the fields Cowrie copies from the attacker (username, password, command) carry SQL.
-        event(ip, text, NOON, username=text, password=text, input=text) for ip, text in zip(clean_ips, SQL_TEXTS)
+        event(ip, text, NOON, username=text, password=text, input=text)
+        for ip, text in zip(clean_ips, SQL_TEXTS, strict=False)
     ]
     lines += [event(text, "s", NOON) for text in SQL_SRC_IPS]
     lines += [event(bad_registry_ip, "r", NOON), event(piped_name_ip, "c", NOON)]
     write_day(tmp_path, DAY, lines)
     answers = {
         ip: [CymruOrigin(64500 + n, f"{ip}/32", "ZZ", "arin", "2001-01-01", text)]
-        for n, (ip, text) in enumerate(zip(clean_ips, SQL_TEXTS))
+        for n, (ip, text) in enumerate(zip(clean_ips, SQL_TEXTS, strict=False))
     }
     # A registry is validated like every other column: SQL there makes the line garbled, never stored.
     answers[bad_registry_ip] = [CymruOrigin(64600, f"{bad_registry_ip}/32", "ZZ", "arin'--", None, "EVIL")]
@@ -125,7 +124,7 @@ def test_sql_looking_text_in_every_attacker_field_is_stored_verbatim_or_rejected
     piped_name = "X | 1 | 2'); DROP TABLE ip_inventory; --"
     answers[piped_name_ip] = [CymruOrigin(64601, f"{piped_name_ip}/32", "ZZ", "arin", None, piped_name)]
     with FakeGreyNoise(GREYNOISE_KEY) as greynoise, CymruStandinServer(answers=answers) as cymru:
-        for ip, text in zip(clean_ips, SQL_TEXTS):
+        for ip, text in zip(clean_ips, SQL_TEXTS, strict=False):
             greynoise.script(ip, observed(classification=text[:32], name=text, message=text))
         resource = GreyNoiseResource(api_key=GREYNOISE_KEY, api_url=greynoise.url, rate_per_s=1000.0, max_retries=0)
         result = run_graph(tmp_path, db_url, cymru, resource)
@@ -139,7 +138,7 @@ def test_sql_looking_text_in_every_attacker_field_is_stored_verbatim_or_rejected
     assert sent_to_cymru == sorted(rows)
     (ingest,) = result.asset_materializations_for_node("cowrie_source_ips")
     assert ingest.metadata["invalid_src_ip"].value == len(SQL_SRC_IPS)
-    for n, (ip, text) in enumerate(zip(clean_ips, SQL_TEXTS)):
+    for n, (ip, text) in enumerate(zip(clean_ips, SQL_TEXTS, strict=False)):
         assert rows[ip]["session_count"] == 1
         assert rows[ip]["current_asn"] == 64500 + n
         assert rows[ip]["asn_org"] == text
@@ -174,9 +173,7 @@ def _string_built(node: ast.expr) -> bool:
         return any(isinstance(part, ast.FormattedValue) for part in node.values)
     if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Mod, ast.Add)):
         return any(isinstance(side, (ast.Constant, ast.JoinedStr, ast.BinOp)) for side in (node.left, node.right))
-    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "format":
-        return True
-    return False
+    return bool(isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "format")
 
 
 def unsafe_calls(source: str, filename: str) -> list[str]:
@@ -188,8 +185,10 @@ def unsafe_calls(source: str, filename: str) -> list[str]:
             continue
         name = _dotted(node.func)
         what = None
-        if any(k.arg == "shell" and not (isinstance(k.value, ast.Constant) and k.value.value is False)
-               for k in node.keywords):
+        if any(
+            k.arg == "shell" and not (isinstance(k.value, ast.Constant) and k.value.value is False)
+            for k in node.keywords
+        ):
             what = "shell= other than False"
         elif name in {("eval",), ("exec",), ("compile",), ("__import__",)}:
             what = f"{name[0]}()"
@@ -287,8 +286,14 @@ def listening_sockets(process_group: int) -> set[tuple[str, int]]:
 
 def make_dev_command(port: int) -> list[str]:
     """The `dagster dev ...` command `make dev` runs, as the Makefile has it today."""
-    dry_run = subprocess.run(["make", "-n", "dev", f"DEV_PORT={port}"], cwd=PROJECT_ROOT, capture_output=True,
-                             text=True, timeout=60, check=True).stdout
+    dry_run = subprocess.run(
+        ["make", "-n", "dev", f"DEV_PORT={port}"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
     (line,) = [line for line in dry_run.splitlines() if re.search(r"/dagster dev\b", line)]
     words = shlex.split(line)
     start = next(n for n, word in enumerate(words) if word.endswith("/dagster"))
@@ -305,14 +310,26 @@ def test_make_dev_runs_the_webserver_and_daemon_listening_on_loopback_only(tmp_p
     (tmp_path / "logs").mkdir()
     env = {name: value for name, value in os.environ.items() if not name.startswith(("GREYNOISE_", "ENRICHMENT_"))}
     # Its own instance, no logs to sense, and nothing outside: Cymru points at the loopback discard port.
-    env.update(DAGSTER_HOME=str(home), COWRIE_LOG_DIR=str(tmp_path / "logs"), CYMRU_HOST="127.0.0.1", CYMRU_PORT="9",
-               ENRICHMENT_DB_URL=f"sqlite:///{tmp_path / 'inventory.sqlite'}")
+    env.update(
+        DAGSTER_HOME=str(home),
+        COWRIE_LOG_DIR=str(tmp_path / "logs"),
+        CYMRU_HOST="127.0.0.1",
+        CYMRU_PORT="9",
+        ENRICHMENT_DB_URL=f"sqlite:///{tmp_path / 'inventory.sqlite'}",
+    )
     log = tmp_path / "dev.log"
     with open(log, "wb") as output:
-        dev = subprocess.Popen(make_dev_command(port), cwd=PROJECT_ROOT, env=env, stdout=output,
-                               stderr=subprocess.STDOUT, start_new_session=True)
+        dev = subprocess.Popen(
+            make_dev_command(port),
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 120
+
         def up() -> bool:  # the UI listens and the daemon has logged its first line
             return port in {p for _, p in listening_sockets(dev.pid)} and "dagster.daemon" in log.read_text("latin-1")
 
@@ -350,9 +367,7 @@ def _files_containing(root: Path, secrets: list[bytes]) -> list[str]:
 
 
 @pytest.mark.postgres
-def test_a_real_cli_run_writes_and_prints_neither_the_greynoise_key_nor_the_database_password(
-    tmp_path, pg_engine
-):
+def test_a_real_cli_run_writes_and_prints_neither_the_greynoise_key_nor_the_database_password(tmp_path, pg_engine):
     logs = tmp_path / "logs"
     ips = [f"45.77.3.{n}" for n in range(1, 7)]
     write_day(logs, DAY, [event(ip, f"s{n}", NOON) for n, ip in enumerate(ips)])
@@ -388,9 +403,23 @@ def test_a_real_cli_run_writes_and_prints_neither_the_greynoise_key_nor_the_data
             if not should_succeed:
                 del env["GREYNOISE_API_KEY"]
             completed = subprocess.run(
-                [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "enrichment_pipeline.definitions",
-                 "--select", "*merged_inventory", "--partition", DAY.isoformat()],
-                cwd=PROJECT_ROOT, env=env, capture_output=True, timeout=300,
+                [
+                    sys.executable,
+                    "-m",
+                    "dagster",
+                    "asset",
+                    "materialize",
+                    "-m",
+                    "enrichment_pipeline.definitions",
+                    "--select",
+                    "*merged_inventory",
+                    "--partition",
+                    DAY.isoformat(),
+                ],
+                cwd=PROJECT_ROOT,
+                env=env,
+                capture_output=True,
+                timeout=300,
             )
             output = completed.stdout + completed.stderr
             assert (completed.returncode == 0) == should_succeed, output.decode(errors="replace")[-3000:]

@@ -28,8 +28,13 @@ from enrichment_pipeline.sensors import (
 AN_HOUR_AGO_NS = time.time_ns() - 3600 * 10**9
 
 
-def write_log(log_dir: Path, name: str, text: str = '{"eventid": "cowrie.session.connect"}\n', *,
-              mtime_ns: int | None = AN_HOUR_AGO_NS) -> Path:
+def write_log(
+    log_dir: Path,
+    name: str,
+    text: str = '{"eventid": "cowrie.session.connect"}\n',
+    *,
+    mtime_ns: int | None = AN_HOUR_AGO_NS,
+) -> Path:
     """A finished log: written, then its mtime set back (as Cowrie's last write before rotation left it)."""
     path = log_dir / name
     if name.endswith(".gz"):
@@ -113,12 +118,18 @@ def test_live_file_junk_names_and_days_outside_the_partitions_are_never_requeste
     today = datetime.now(UTC).date()
     for name in [
         "cowrie.json",  # the live file
-        "cowrie.json.2018-05-06.tmp", ".cowrie.json.2018-05-06.swp", "cowrie.json.2018-5-6", "cowrie.json.2018-02-30",
-        "cowrie.json.2018-05-06.gz.part", "cowrie.json.2018-05-06.bz2", "xcowrie.json.2018-05-06",
+        "cowrie.json.2018-05-06.tmp",
+        ".cowrie.json.2018-05-06.swp",
+        "cowrie.json.2018-5-6",
+        "cowrie.json.2018-02-30",
+        "cowrie.json.2018-05-06.gz.part",
+        "cowrie.json.2018-05-06.bz2",
+        "xcowrie.json.2018-05-06",
         "cowrie.json.\u0662\u0660\u0661\u0668-05-06",  # Arabic-Indic digits are \d in Unicode regexes
         "cowrie.json.2018-04-30",  # before COWRIE_PARTITION_START
         f"cowrie.json.{today.isoformat()}",  # today (UTC) is not over
-        f"cowrie.json.{(today + timedelta(days=2)).isoformat()}", "cowrie.json.2999-01-01",  # future
+        f"cowrie.json.{(today + timedelta(days=2)).isoformat()}",
+        "cowrie.json.2999-01-01",  # future
     ]:
         write_log(tmp_path, name)
     (tmp_path / "cowrie.json.2018-05-08").mkdir()  # a directory with a log's name
@@ -160,8 +171,13 @@ def test_a_missing_directory_is_a_skip_naming_the_setting(tmp_path):
 
 def test_an_unreadable_cursor_starts_over(tmp_path):
     write_log(tmp_path, "cowrie.json.2018-05-06")
-    junk_cursors = ["not json", "[]", '{"v": 1}', '{"v": 1, "ctime_ns": "x", "edge": []}',
-                    '{"v": 99, "ctime_ns": 1, "edge": []}']
+    junk_cursors = [
+        "not json",
+        "[]",
+        '{"v": 1}',
+        '{"v": 1, "ctime_ns": "x", "edge": []}',
+        '{"v": 99, "ctime_ns": 1, "edge": []}',
+    ]
     for junk in junk_cursors:
         assert len(Sensor(tmp_path, cursor=junk).tick()) == 1
 

@@ -123,7 +123,11 @@ def test_addresses_are_distinct_global_and_canonical_in_both_families():
 def test_the_script_writes_a_day_the_reader_parses(tmp_path):
     completed = subprocess.run(
         [sys.executable, "-m", "bench.synthetic_logs", str(tmp_path), DAY.isoformat(), "--ips", "25", "--gzip"],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60, check=True,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
 
     path = tmp_path / f"cowrie.json.{DAY.isoformat()}.gz"

@@ -1,6 +1,5 @@
 """Small helpers shared by the asset bodies: the partition's day and standard output metadata."""
 
-
 from datetime import date
 from typing import Any
 

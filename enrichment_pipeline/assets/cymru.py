@@ -1,7 +1,6 @@
 """Passes 2 and 3: the IPs MaxMind left without an ASN and with no fresh Cymru answer, looked up through
 Team Cymru bulk whois."""
 
-
 import time
 
 import pandas as pd

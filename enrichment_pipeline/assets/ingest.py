@@ -1,6 +1,5 @@
 """Ingest: one rotated Cowrie log day -> that day's distinct, validated source IPs."""
 
-
 import time
 
 from dagster import (

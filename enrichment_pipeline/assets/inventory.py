@@ -1,6 +1,5 @@
 """Pass 4: merge the passes and upsert the day into `ip_inventory`, with the retry list, in one transaction."""
 
-
 import pandas as pd
 from dagster import (
     AssetExecutionContext,

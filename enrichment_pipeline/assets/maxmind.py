@@ -1,6 +1,5 @@
 """Pass 1: offline MaxMind City + ASN lookup of every source IP."""
 
-
 import time
 
 import pandas as pd

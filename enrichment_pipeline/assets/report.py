@@ -32,7 +32,9 @@ def daily_report(context: AssetExecutionContext, inventory: InventoryDatabase) -
             "greynoise_riot": report.greynoise_riot,
             "top_asns": MetadataValue.md(markdown_table(report.top_asns, limit=TOP + 1)),
             "top_countries": MetadataValue.md(markdown_table(report.top_countries, limit=TOP + 1)),
-            "greynoise_classifications": MetadataValue.md(markdown_table(report.greynoise, limit=len(report.greynoise))),
+            "greynoise_classifications": MetadataValue.md(
+                markdown_table(report.greynoise, limit=len(report.greynoise))
+            ),
             "seconds": round(time.perf_counter() - started, 3),
         }
     )

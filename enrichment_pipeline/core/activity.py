@@ -18,7 +18,7 @@ from enrichment_pipeline.core.ips import canonical_ip
 # Texts that are not canonical IPs are remembered only up to this many, so a hostile file full of
 # distinct junk cannot grow memory with its size (canonical IPs are the summary itself).
 _MAX_REMEMBERED_ODD_IPS = 65_536
-_UTC = datetime.timezone.utc
+_UTC = datetime.UTC
 _BEFORE_ANY = datetime.datetime.min.replace(tzinfo=_UTC)
 _ONLY_UTC = {_UTC}
 _ONLY_STR = {str}
@@ -186,9 +186,9 @@ class ActivityTally:
         np.add.at(self._events, row_array, 1)
         # Per block, small dicts keep the last value written per key: the latest moment per row, and over
         # the reversed block the earliest. Each row is then written once, so no order of writes matters.
-        latest_rows, latest = _as_arrays(dict(zip(rows, moments)))
+        latest_rows, latest = _as_arrays(dict(zip(rows, moments, strict=False)))
         self._last[latest_rows] = latest
-        earliest_rows, earliest = _as_arrays(dict(zip(reversed(rows), reversed(moments))))
+        earliest_rows, earliest = _as_arrays(dict(zip(reversed(rows), reversed(moments), strict=False)))
         undated = np.equal(self._first[earliest_rows], None)  # later blocks never move a first moment
         if undated.any():
             self._first[earliest_rows[undated]] = earliest[undated]

@@ -24,8 +24,14 @@ from enrichment_pipeline.core.activity import ActivityTally, Event, SourceIpActi
 from enrichment_pipeline.core.gc_pause import cyclic_gc_paused
 
 __all__ = [
-    "LOG_DIR_ENV_VAR", "CowrieLogError", "CowrieLogNotFound", "DayLog", "LogReadStats", "SourceIpActivity",
-    "day_log_path", "read_day_log",
+    "LOG_DIR_ENV_VAR",
+    "CowrieLogError",
+    "CowrieLogNotFound",
+    "DayLog",
+    "LogReadStats",
+    "SourceIpActivity",
+    "day_log_path",
+    "read_day_log",
 ]
 
 LOG_DIR_ENV_VAR = "COWRIE_LOG_DIR"
@@ -123,8 +129,7 @@ def _opened_log(path: pathlib.Path) -> Iterator[BinaryIO]:
         raw = open(path, "rb", buffering=_BLOCK_BYTES)  # noqa: SIM115 - closed below
     except FileNotFoundError as error:
         raise CowrieLogNotFound(
-            f"Cowrie log {path} does not exist"
-            f" (the directory comes from the {LOG_DIR_ENV_VAR} environment variable)"
+            f"Cowrie log {path} does not exist (the directory comes from the {LOG_DIR_ENV_VAR} environment variable)"
         ) from error
     except OSError as error:
         raise CowrieLogError(f"cannot open Cowrie log {path}: {error}") from error

@@ -343,7 +343,10 @@ class CymruBulkClient:
         if parsed.garbled_lines or parsed.error_lines:
             log.warning(
                 "Cymru reply for %d IPs: %d garbled line(s), %d error line(s), %d IP(s) unanswered",
-                len(ips), parsed.garbled_lines, parsed.error_lines, len(parsed.unanswered),
+                len(ips),
+                parsed.garbled_lines,
+                parsed.error_lines,
+                len(parsed.unanswered),
             )
         return parsed
 
@@ -394,9 +397,7 @@ class CymruBulkClient:
             error = f"unexpected error: {type(failure).__name__}"
         return BatchOutcome(number, total, ips, time.monotonic() - started, error), reply
 
-    def lookup(
-        self, ips: Iterable[str], *, on_batch: Callable[[BatchOutcome], None] | None = None
-    ) -> BulkLookupResult:
+    def lookup(self, ips: Iterable[str], *, on_batch: Callable[[BatchOutcome], None] | None = None) -> BulkLookupResult:
         """Look up every distinct IP; `on_batch` is called from this thread as each batch finishes."""
         result = BulkLookupResult()
         to_send: list[str] = []
@@ -416,9 +417,7 @@ class CymruBulkClient:
         if not chunks:
             return result
         with ThreadPoolExecutor(max_workers=min(self.max_parallel, total), thread_name_prefix="cymru") as pool:
-            futures = [
-                pool.submit(self._run_batch, number, total, chunk) for number, chunk in enumerate(chunks, 1)
-            ]
+            futures = [pool.submit(self._run_batch, number, total, chunk) for number, chunk in enumerate(chunks, 1)]
             for future in as_completed(futures):
                 outcome, reply = future.result()
                 self._merge(result, outcome, reply)
@@ -434,7 +433,10 @@ class CymruBulkClient:
         if outcome.error is not None:
             log.warning(
                 "Cymru batch %d/%d failed: %s (%d IP(s) answered before it)",
-                outcome.number, outcome.total, outcome.error, len(answers),
+                outcome.number,
+                outcome.total,
+                outcome.error,
+                len(answers),
             )
         for ip in outcome.ips:
             answer = answers.get(ip)

@@ -145,7 +145,7 @@ def records(frame: pd.DataFrame) -> list[dict]:
     """The rows of a frame as dicts of `python_values`."""
     names = list(frame.columns)
     columns = [python_values(frame[name]) for name in names]
-    return [dict(zip(names, values)) for values in zip(*columns)]
+    return [dict(zip(names, values, strict=False)) for values in zip(*columns, strict=False)]
 
 
 @cyclic_gc_paused()  # 100k rows of new objects: see core.gc_pause
@@ -268,8 +268,6 @@ def greynoise_enrichment(row: Mapping[str, Any]) -> dict[str, Any] | None:
 def status_counts(frame: pd.DataFrame) -> dict[str, int]:
     counts = frame["status"].value_counts()
     return {status: int(counts.get(status, 0)) for status in STATUSES}
-
-
 
 
 def frame_builds(maxmind: pd.DataFrame) -> MaxMindBuilds | None:

@@ -55,7 +55,9 @@ class MaxMindBuilds:
             # A BIGINT cast keeps the comparison numeric on both backends (epochs outgrow INTEGER in 2038).
             return cast(enrichment[("maxmind", key)].as_string(), BigInteger)
 
-        return and_(build(CITY_BUILD_KEY).is_not_distinct_from(self.city), build(ASN_BUILD_KEY).is_not_distinct_from(self.asn))
+        return and_(
+            build(CITY_BUILD_KEY).is_not_distinct_from(self.city), build(ASN_BUILD_KEY).is_not_distinct_from(self.asn)
+        )
 
 
 @dataclass(frozen=True)
@@ -107,4 +109,3 @@ def retry_delay(attempts: int) -> timedelta:
         raise ValueError(f"attempts must be at least 1, got {attempts}")
     # Capping the exponent first keeps 2**n small for IPs that fail for months.
     return min(RETRY_FIRST_DELAY * 2 ** min(attempts - 1, 16), RETRY_MAX_DELAY)
-

@@ -34,7 +34,12 @@ USER_AGENT = "enrichment-pipeline (cowrie honeypot enrichment)"
 
 # Outcomes of one IP, the `status` column of the frame.
 OBSERVED, NOT_OBSERVED, FRESH, SKIPPED, FAILED, DISABLED = (
-    "observed", "not_observed", "fresh", "skipped", "failed", "disabled"
+    "observed",
+    "not_observed",
+    "fresh",
+    "skipped",
+    "failed",
+    "disabled",
 )
 STATUSES: tuple[str, ...] = (OBSERVED, NOT_OBSERVED, FRESH, SKIPPED, FAILED, DISABLED)
 
@@ -228,7 +233,9 @@ class GreyNoiseClient:
             raise GreyNoiseAuthError("no GreyNoise API key: set GREYNOISE_API_KEY")
         if not _HEADER_SAFE_KEY.fullmatch(key):
             # requests would echo the offending header value in its exception: refuse it here, unquoted.
-            raise GreyNoiseAuthError("the GreyNoise API key has characters a header cannot carry: check GREYNOISE_API_KEY")
+            raise GreyNoiseAuthError(
+                "the GreyNoise API key has characters a header cannot carry: check GREYNOISE_API_KEY"
+            )
         if not timeout_s > 0 or max_retries < 0:
             raise ValueError("timeout_s must be positive and max_retries not negative")
         self.base_url = _checked_base_url(base_url)

@@ -126,8 +126,7 @@ class MaxMindLookup:
             self.asn_warning = f"No ASN database: {ASN_DB_ENV} is empty; every IP will lack a MaxMind ASN"
         elif not os.path.exists(asn_db):
             self.asn_warning = (
-                f"No ASN database: {ASN_DB_ENV} points to missing file {asn_db!r}; "
-                "every IP will lack a MaxMind ASN"
+                f"No ASN database: {ASN_DB_ENV} points to missing file {asn_db!r}; every IP will lack a MaxMind ASN"
             )
         else:
             self._asn, self.asn_info = _open_database(asn_db, ASN_DB_ENV)

@@ -12,10 +12,14 @@ class FreshnessResource(ConfigurableResource):
     """Per-source TTLs in days; a MaxMind answer also goes stale when the database builds change."""
 
     maxmind_ttl_days: float = Field(
-        default=7.0, ge=0, description="A MaxMind answer from the same database builds is kept this long (MAXMIND_TTL_DAYS)."
+        default=7.0,
+        ge=0,
+        description="A MaxMind answer from the same database builds is kept this long (MAXMIND_TTL_DAYS).",
     )
     cymru_ttl_days: float = Field(
-        default=30.0, ge=0, description="A Cymru answer (routed or unrouted) is not asked again for this long (CYMRU_TTL_DAYS)."
+        default=30.0,
+        ge=0,
+        description="A Cymru answer (routed or unrouted) is not asked again for this long (CYMRU_TTL_DAYS).",
     )
     greynoise_ttl_days: float = Field(
         default=7.0, ge=0, description="A GreyNoise answer is not asked again for this long (GREYNOISE_TTL_DAYS)."

@@ -14,7 +14,7 @@ import sys
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from types import FrameType, TracebackType
 
 from enrichment_pipeline.core.cymru import CymruOrigin
@@ -26,8 +26,19 @@ FAULT_MODES = frozenset(
     {"reset_mid_reply", "no_reply", "garbled", "drop_ips", "drip", "error_lines", "close_immediately"}
 )
 _OPTIONS = frozenset(
-    {"verbose", "noasname", "asnumber", "prefix", "countrycode", "registry", "allocdate", "asname",
-     "notruncate", "header", "noheader"}
+    {
+        "verbose",
+        "noasname",
+        "asnumber",
+        "prefix",
+        "countrycode",
+        "registry",
+        "allocdate",
+        "asname",
+        "notruncate",
+        "header",
+        "noheader",
+    }
 )
 # Column name, the option that turns it on outside verbose mode, and its padding width.
 _COLUMNS = (
@@ -96,7 +107,7 @@ class _Query:
 
 
 def _format_line(cells: Sequence[str], widths: Sequence[int]) -> str:
-    return " | ".join(cell.ljust(width) for cell, width in zip(cells, widths))
+    return " | ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=False))
 
 
 def _cells(ip: str, origin: CymruOrigin | None) -> dict[str, str]:
@@ -104,8 +115,15 @@ def _cells(ip: str, origin: CymruOrigin | None) -> dict[str, str]:
     # The real server may echo IPv6 in another form than it was sent; clients must key by value.
     shown = address.exploded if address.version == 6 else ip
     if origin is None:
-        return {"AS": "NA", "IP": shown, "BGP Prefix": "NA", "CC": "", "Registry": "other",
-                "Allocated": "", "AS Name": "NA"}
+        return {
+            "AS": "NA",
+            "IP": shown,
+            "BGP Prefix": "NA",
+            "CC": "",
+            "Registry": "other",
+            "Allocated": "",
+            "AS Name": "NA",
+        }
     return {
         "AS": str(origin.asn),
         "IP": shown,
@@ -306,7 +324,7 @@ class CymruStandinServer:
         columns = query.columns()
         names = [name for name, _ in columns]
         widths = [width for _, width in columns]
-        stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
         head = [f"Bulk mode; OFFLINE STAND-IN (not Team Cymru) [{stamp} +0000]"]
         if query.wants_header():
             head.append(_format_line(names, widths))

@@ -123,7 +123,9 @@ class FakeGreyNoise:
     def _handle(self, request: Request) -> Response:
         arrived = time.monotonic()
         with self._lock:
-            self.requests.append(SeenRequest(request.path, request.query_string.decode(), request.headers.get("key"), arrived))
+            self.requests.append(
+                SeenRequest(request.path, request.query_string.decode(), request.headers.get("key"), arrived)
+            )
             ip = request.path.removeprefix("/v3/community/")
             if not request.path.startswith("/v3/community/") or request.method != "GET":
                 return Response("<html><body>Not Found</body></html>", status=404, content_type="text/html")

@@ -51,12 +51,38 @@ class ThrowawayServer:
         if os.geteuid() == 0:
             self.run_as = _run_as_server_user(self.root)
         port = _free_port()
-        self._run([str(bin_dir / "initdb"), "-D", str(self.data_dir), "-A", "trust", "-U", _SERVER_USER,
-                   "-E", "UTF8", "--locale=C", "--no-sync"])
+        self._run(
+            [
+                str(bin_dir / "initdb"),
+                "-D",
+                str(self.data_dir),
+                "-A",
+                "trust",
+                "-U",
+                _SERVER_USER,
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ]
+        )
         self.launched = True  # from here on, stop() must try to shut it down
         options = f"-p {port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self._run([self.pg_ctl, "-D", str(self.data_dir), "-l", str(self.log_file), "-o", options,
-                   "-w", "-t", str(_START_TIMEOUT), "start"])
+        self._run(
+            [
+                self.pg_ctl,
+                "-D",
+                str(self.data_dir),
+                "-l",
+                str(self.log_file),
+                "-o",
+                options,
+                "-w",
+                "-t",
+                str(_START_TIMEOUT),
+                "start",
+            ]
+        )
         return f"postgresql+psycopg2://{_SERVER_USER}@127.0.0.1:{port}/postgres"
 
     def stop(self) -> None:
@@ -71,8 +97,14 @@ class ThrowawayServer:
     def _run(self, command: list[str]) -> None:
         try:
             # cwd: the server user may not be allowed into our working directory.
-            subprocess.run([*self.run_as, *command], cwd=self.root, capture_output=True, text=True,
-                           timeout=_COMMAND_TIMEOUT, check=True)
+            subprocess.run(
+                [*self.run_as, *command],
+                cwd=self.root,
+                capture_output=True,
+                text=True,
+                timeout=_COMMAND_TIMEOUT,
+                check=True,
+            )
         except (OSError, subprocess.SubprocessError) as error:
             output = getattr(error, "stderr", None) or getattr(error, "stdout", None) or ""
             log = self.log_file.read_text(errors="replace")[-2000:] if self.log_file.exists() else ""
@@ -107,9 +139,7 @@ class FreshDatabase:
 
     def _execute(self, statement: str) -> None:
         # CREATE/DROP DATABASE cannot run inside a transaction. The name is ours (hex), not input.
-        engine = create_engine(
-            self.server_url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 10}
-        )
+        engine = create_engine(self.server_url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 10})
         try:
             with engine.connect() as conn:
                 conn.execute(text(statement))

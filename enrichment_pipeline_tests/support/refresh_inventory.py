@@ -33,7 +33,9 @@ CYMRU_OLD = {"status": "routed", "asn": 1, "as_name": "OLD", "country_code": "ZZ
 @pytest.fixture
 def geoip(tmp_path: Path) -> MaxMindLookup:
     """MaxMind lookups on a test ASN database that covers WITH_ASN (198.51.100.0/24) and nothing else."""
-    path = write_asn_database(tmp_path / "asn.mmdb", [("198.51.100.0/24", 64496, "TEST-NET-2")], build_epoch=1_600_000_000)
+    path = write_asn_database(
+        tmp_path / "asn.mmdb", [("198.51.100.0/24", 64496, "TEST-NET-2")], build_epoch=1_600_000_000
+    )
     return MaxMindLookup(asn_db=path)
 
 

@@ -17,7 +17,7 @@ from sqlalchemy import Engine, select
 
 from enrichment_pipeline.core.inventory import Base
 
-UTC = datetime.timezone.utc
+UTC = datetime.UTC
 Line = dict | str | bytes
 
 

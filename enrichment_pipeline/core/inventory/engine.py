@@ -25,10 +25,7 @@ def make_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         return _make_sqlite_engine(parsed)
-    return create_engine(
-        parsed, pool_pre_ping=True, json_serializer=bulk_sql.dump_json, json_deserializer=orjson.loads
-    )
-
+    return create_engine(parsed, pool_pre_ping=True, json_serializer=bulk_sql.dump_json, json_deserializer=orjson.loads)
 
 
 @contextmanager

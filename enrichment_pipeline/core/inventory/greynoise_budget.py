@@ -62,8 +62,8 @@ class GreyNoiseDailyBudget:
     def _ensure_row(self, day: date) -> None:
         dialect_insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}.get(self.engine.dialect.name)
         if dialect_insert is None:
-            raise NotImplementedError(f"the GreyNoise budget supports SQLite and PostgreSQL, not {self.engine.dialect.name}")
+            raise NotImplementedError(
+                f"the GreyNoise budget supports SQLite and PostgreSQL, not {self.engine.dialect.name}"
+            )
         with self.engine.begin() as conn:
             conn.execute(dialect_insert(GREYNOISE_USAGE).values(day=day, requests=0).on_conflict_do_nothing())
-
-

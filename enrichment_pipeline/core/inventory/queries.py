@@ -137,7 +137,6 @@ def ips_seen_on(engine: Engine, day: date) -> set[str]:
         return set(conn.scalars(select(DAILY_ACTIVITY.c.ip_address).where(DAILY_ACTIVITY.c.day == day)))
 
 
-
 def _first(conn: Connection, query: Select[Any], limit: int, keep: Callable[[Any], bool]) -> list[Any]:
     """The first `limit` rows of `query` that `keep` accepts, streamed so a long tail is never fetched."""
     kept: list[Any] = []

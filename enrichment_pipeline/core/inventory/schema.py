@@ -34,6 +34,7 @@ from enrichment_pipeline.core.inventory.engine import write_transaction
 # pg_advisory_xact_lock key serialising concurrent create_schema calls on PostgreSQL.
 _SCHEMA_LOCK_KEY = 0x1F_1A7E_5C4E
 
+
 class UtcDateTime(TypeDecorator[datetime]):
     """A timezone-aware datetime stored as UTC; always read back tz-aware in UTC, on every backend."""
 
@@ -86,7 +87,13 @@ def _sqlite_utc_text(value: datetime | None) -> str | None:
     value = _as_utc(value)
     # SQLAlchemy's SQLite DATETIME text of the UTC wall time; %-formatting is the cheapest way to build it.
     return "%04d-%02d-%02d %02d:%02d:%02d.%06d" % (
-        value.year, value.month, value.day, value.hour, value.minute, value.second, value.microsecond
+        value.year,
+        value.month,
+        value.day,
+        value.hour,
+        value.minute,
+        value.second,
+        value.microsecond,
     )
 
 

@@ -104,7 +104,6 @@ def upsert_enrichment(
     return stats
 
 
-
 def _lock_inventory(conn: Connection) -> None:
     # SQLite writers are already serialised by BEGIN IMMEDIATE. On PostgreSQL this mode conflicts
     # with itself (one writer at a time) but not with plain readers.
@@ -265,9 +264,7 @@ def _merged_rows(
     return rows
 
 
-def _write_changes(
-    conn: Connection, rows: Sequence[dict[str, Any]], stored: Mapping[str, Mapping[str, Any]]
-) -> None:
+def _write_changes(conn: Connection, rows: Sequence[dict[str, Any]], stored: Mapping[str, Mapping[str, Any]]) -> None:
     """Insert the new rows and update each stored row that changed, leaving out its enrichment when that
     is unchanged. The write lock taken first makes `stored` exact: no upsert is needed."""
     new_rows: list[dict[str, Any]] = []
@@ -348,9 +345,7 @@ def _settled(
         if getattr(update, source) is not None
     }
     settled.update(
-        (row["ip_address"], "cymru")
-        for row in rows
-        if row["ip_address"] in ips and not needs_cymru(row["enrichment"])
+        (row["ip_address"], "cymru") for row in rows if row["ip_address"] in ips and not needs_cymru(row["enrichment"])
     )
     return settled & set(pairs)
 

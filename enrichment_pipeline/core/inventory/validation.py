@@ -48,6 +48,3 @@ def check_inputs(
     for ip in seen.union(row.ip for row in updates).union(ip for ip, _ in failed_pairs):
         if canonical_ip(ip) != ip:
             raise ValueError(f"not a canonical IP address: {ip!r}")
-
-
-
