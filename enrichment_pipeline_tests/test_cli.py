@@ -186,3 +186,29 @@ def test_a_rejected_greynoise_key_exits_1_with_a_clear_message(env, geoip, refre
     assert code == 1
     err = capsys.readouterr().err
     assert "GREYNOISE_API_KEY" in err and "401" in err and "wrong-key-1234" not in err
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("CYMRU_MAX_PARALLEL", "50"), ("CYMRU_BATCH_SIZE", "20000"), ("CYMRU_BATCH_SIZE", "0")],
+)
+def test_the_command_honours_the_cymru_limits_of_the_dagster_resource(
+    env, standin, monkeypatch, capsys, variable, value
+):
+    # The same limit fails a Dagster run (test_cymru_faults_graph): here it is a usage error before any query.
+    monkeypatch.setenv(variable, value)
+    code, _ = run("refresh", "--ips", "5")
+    assert code == 2
+    assert variable in capsys.readouterr().err
+    assert sent(standin) == []
+
+
+def test_the_command_builds_its_clients_from_the_same_resources_as_the_jobs(env, monkeypatch):
+    from enrichment_pipeline.cli import _set_up
+
+    monkeypatch.setenv("CYMRU_MAX_PARALLEL", "3")
+    monkeypatch.setenv("CYMRU_BATCH_SIZE", "7")
+    monkeypatch.setenv("CYMRU_TTL_DAYS", "2.5")
+    setup = _set_up()
+    assert (setup.cymru.max_parallel, setup.cymru.batch_size) == (3, 7)
+    assert setup.policy.cymru_ttl == timedelta(days=2.5)

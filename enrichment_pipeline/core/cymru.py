@@ -9,7 +9,7 @@ import logging
 import re
 import socket
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
@@ -197,6 +197,28 @@ def parse_bulk_reply(text: str, requested: Sequence[str], *, cut: bool = False) 
     """
     if cut:
         text = text[: text.rfind("\n") + 1]
+    wanted, invalid = _requested_ips(requested)
+    lines = _read_lines(text, wanted)
+    if cut and lines.last_ip is not None:
+        lines.distrusted.add(lines.last_ip)
+    answers, unanswered = _answers(wanted, lines)
+    return ParsedReply(answers, unanswered + invalid, lines.error_lines, lines.garbled_lines)
+
+
+@dataclass
+class _ReplyLines:
+    """What the data lines of one reply said, per IP, before any answer is trusted."""
+
+    origins: dict[str, set[CymruOrigin]] = field(default_factory=dict)
+    unrouted: set[str] = field(default_factory=set)
+    distrusted: set[str] = field(default_factory=set)  # an IP with a garbled line: never answered
+    last_ip: str | None = None
+    error_lines: int = 0
+    garbled_lines: int = 0
+
+
+def _requested_ips(requested: Sequence[str]) -> tuple[dict[str, None], list[str]]:
+    """The canonical requested IPs in order, and the values that are no IP at all."""
     wanted: dict[str, None] = {}
     invalid: list[str] = []
     for value in requested:
@@ -205,18 +227,17 @@ def parse_bulk_reply(text: str, requested: Sequence[str], *, cut: bool = False) 
             invalid.append(str(value))
         else:
             wanted[ip] = None
+    return wanted, invalid
 
-    origins: dict[str, set[CymruOrigin]] = {}
-    unrouted: set[str] = set()
-    distrusted: set[str] = set()
-    last_ip: str | None = None
-    error_lines = garbled_lines = 0
+
+def _read_lines(text: str, wanted: Mapping[str, None]) -> _ReplyLines:
+    lines = _ReplyLines()
     for raw_line in text.split("\n"):
         line = raw_line.strip()
         if not line or line.lower().startswith("bulk mode"):
             continue
         if line.lower().startswith("error:"):
-            error_lines += 1
+            lines.error_lines += 1
             continue
         # The AS name is the last, free-text column: any further `|` belongs to it.
         cells = [cell.strip() for cell in line.split("|", _VERBOSE_COLUMNS - 1)]
@@ -224,34 +245,38 @@ def parse_bulk_reply(text: str, requested: Sequence[str], *, cut: bool = False) 
             continue
         ip = canonical_ip(cells[1]) if len(cells) >= 2 else None
         if ip is None:
-            garbled_lines += 1
+            lines.garbled_lines += 1
             continue
-        last_ip = ip
+        lines.last_ip = ip
         try:
             origin = _parse_origin(cells, ip)
         except _GarbledRow as why:
-            garbled_lines += 1
+            lines.garbled_lines += 1
             log.debug("garbled Cymru line for %s (%s): %.200r", ip, why, line)
-            distrusted.add(ip)
+            lines.distrusted.add(ip)
             continue
         if ip not in wanted:
             continue
         if origin is None:
-            unrouted.add(ip)
+            lines.unrouted.add(ip)
         else:
-            origins.setdefault(ip, set()).add(origin)
+            lines.origins.setdefault(ip, set()).add(origin)
+    return lines
 
-    if cut and last_ip is not None:
-        distrusted.add(last_ip)
+
+def _answers(wanted: Iterable[str], lines: _ReplyLines) -> tuple[dict[str, CymruAnswer], list[str]]:
+    """The trusted answer of each requested IP, and the IPs left unanswered."""
     answers: dict[str, CymruAnswer] = {}
     unanswered: list[str] = []
     for ip in wanted:
+        origins = lines.origins.get(ip)
+        unrouted = ip in lines.unrouted
         # Both an NA row and an AS row for one IP contradict each other: trust neither.
-        if ip in distrusted or (ip in unrouted and ip in origins) or (ip not in unrouted and ip not in origins):
+        if ip in lines.distrusted or (unrouted and origins) or (not unrouted and not origins):
             unanswered.append(ip)
         else:
-            answers[ip] = CymruAnswer(ip, tuple(sorted(origins.get(ip, ()), key=_origin_order)))
-    return ParsedReply(answers, unanswered + invalid, error_lines, garbled_lines)
+            answers[ip] = CymruAnswer(ip, tuple(sorted(origins or (), key=_origin_order)))
+    return answers, unanswered
 
 
 @dataclass
