@@ -29,6 +29,7 @@ from enrichment_pipeline.core.inventory import (
     make_engine,
     upsert,
     upsert_day,
+    upsert_days,
 )
 
 DAY1, DAY2, DAY3 = date(2018, 5, 6), date(2018, 5, 7), date(2018, 5, 8)
@@ -243,6 +244,56 @@ def test_failure_after_the_last_write_rolls_back_both_tables(engine: Engine, mon
     monkeypatch.setattr(upsert, "_write_changes", write_then_fail)
     with pytest.raises(RuntimeError, match="crash after writing"):
         upsert_day(engine, DAY1, [seen(D, DAY1, 9, 1, 2)], [SourceUpdate(A, cymru=CYMRU)], now=LATER)
+
+    assert rows_by_ip(engine) == inventory_before
+    assert daily_rows(engine) == daily_before
+
+
+def test_a_range_of_days_in_one_upsert_equals_one_upsert_per_day_in_order(engine: Engine, tmp_path: Path) -> None:
+    # Day 2 re-runs a day the inventory already has; C is seen on every day, D only on the last.
+    upsert_day(engine, DAY2, [seen(A, DAY2, 7, 3, 4), seen(B, DAY2, 2, 5, 6)], [SourceUpdate(B, cymru=CYMRU)], now=NOW)
+    by_day = {
+        DAY1: [seen(A, DAY1, 3, 8, 10), seen(C, DAY1, 1, 9, 9)],
+        DAY2: [seen(A, DAY2, 2, 1, 2), seen(C, DAY2, 4, 7, 8)],
+        DAY3: [seen(C, DAY3, 5, 1, 1), seen(D, DAY3, 1, 23, 23)],
+    }
+    answers = [SourceUpdate(A, maxmind=MAXMIND), SourceUpdate(C, cymru=UNROUTED), SourceUpdate(D, maxmind=MAXMIND)]
+    failures = [LookupFailure(D, "cymru", "timeout")]
+    one_by_one = make_engine(f"sqlite:///{tmp_path / 'one_by_one.sqlite'}")
+    create_schema(one_by_one)
+    upsert_day(
+        one_by_one, DAY2, [seen(A, DAY2, 7, 3, 4), seen(B, DAY2, 2, 5, 6)], [SourceUpdate(B, cymru=CYMRU)], now=NOW
+    )
+    for day, rows in by_day.items():
+        # A day's run carries the answers of its own IPs; the retry entry comes from the day D was seen.
+        ips = {row.ip for row in rows}
+        day_answers = [update for update in answers if update.ip in ips]
+        day_failures = [failure for failure in failures if failure.ip in ips]
+        upsert_day(one_by_one, day, rows, day_answers, now=LATER, failures=day_failures)
+
+    stats = upsert_days(engine, by_day, answers, now=LATER, failures=failures)
+
+    assert stats.activity_rows == 6 and stats.inserted == 2 and stats.updated == 2  # C, D new; A, B stored
+    assert rows_by_ip(engine) == rows_by_ip(one_by_one)
+    assert daily_rows(engine) == daily_rows(one_by_one)
+    assert fetch_failures(engine) == fetch_failures(one_by_one)
+    assert totals(rows_by_ip(engine)[C]) == (10, at(DAY1, 9), at(DAY3, 1))
+
+
+def test_a_range_upsert_that_fails_leaves_every_day_of_it_as_before(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inventory_before, daily_before = seed_two_days(engine)
+    write_changes = upsert._write_changes
+
+    def write_then_fail(conn: Any, rows: Any, stored: Any) -> None:
+        write_changes(conn, rows, stored)
+        raise RuntimeError("crash after writing")
+
+    monkeypatch.setattr(upsert, "_write_changes", write_then_fail)
+    by_day = {DAY1: [seen(D, DAY1, 9, 1, 2)], DAY2: [seen(C, DAY2, 1, 1, 1)], DAY3: [seen(A, DAY3, 1, 1, 1)]}
+    with pytest.raises(RuntimeError, match="crash after writing"):
+        upsert_days(engine, by_day, [SourceUpdate(A, cymru=CYMRU)], now=LATER)
 
     assert rows_by_ip(engine) == inventory_before
     assert daily_rows(engine) == daily_before

@@ -23,6 +23,7 @@ from enrichment_pipeline.core.inventory.schema import (
 from enrichment_pipeline.core.inventory.upsert import (
     UpsertStats,
     upsert_day,
+    upsert_days,
     upsert_enrichment,
 )
 from enrichment_pipeline.core.records import DayActivity, LookupFailure, SourceUpdate
@@ -47,5 +48,6 @@ __all__ = [
     "make_engine",
     "stalest_ips",
     "upsert_day",
+    "upsert_days",
     "upsert_enrichment",
 ]

@@ -71,21 +71,38 @@ def upsert_day(
     now: datetime,
     failures: Sequence[LookupFailure] = (),
 ) -> UpsertStats:
-    """Replace `day`'s activity, merge the source updates, recompute the totals and update the retry
-    list, in one transaction.
+    """`upsert_days` for one day."""
+    return upsert_days(engine, {day: activity}, updates, now=now, failures=failures)
 
-    Re-running a day replaces its contribution instead of adding to it. Sources absent from an
-    update keep their stored object and `<source>_updated_at`. Raises ValueError (before writing
-    anything) for a non-canonical IP, an IP listed twice in `activity`, or a naive datetime.
+
+def upsert_days(
+    engine: Engine,
+    activity: Mapping[date, Sequence[DayActivity]],
+    updates: Sequence[SourceUpdate],
+    *,
+    now: datetime,
+    failures: Sequence[LookupFailure] = (),
+) -> UpsertStats:
+    """Replace each day's activity, merge the source updates, recompute the totals and update the retry
+    list, all in one transaction: a failure leaves every day as it was.
+
+    Re-running a day replaces its contribution instead of adding to it, so the days of a range give the
+    same rows as one upsert per day. Sources absent from an update keep their stored object and
+    `<source>_updated_at`. Raises ValueError (before writing anything) for a non-canonical IP, an IP listed
+    twice in one day's activity, or a naive datetime.
     """
     started = time.perf_counter()
-    check_inputs(activity, updates, failures, now)
+    check_inputs((), updates, failures, now)
+    for rows in activity.values():
+        check_inputs(rows, (), (), now)
     with cyclic_gc_paused(), write_transaction(engine) as conn:
         _lock_inventory(conn)
-        previous_ips = _replace_day_activity(conn, day, activity)
-        touched = {row.ip for row in activity} | previous_ips
-        stats = _merge_and_write(conn, touched, updates, failures, now, day=day, activity=activity)
-    stats.activity_rows = len(activity)
+        touched: set[str] = set()
+        for day in sorted(activity):
+            touched |= _replace_day_activity(conn, day, activity[day])
+            touched.update(row.ip for row in activity[day])
+        stats = _merge_and_write(conn, touched, updates, failures, now, activity=activity)
+    stats.activity_rows = sum(len(rows) for rows in activity.values())
     stats.seconds = time.perf_counter() - started
     return stats
 
@@ -137,20 +154,22 @@ def _merge_and_write(
     failures: Sequence[LookupFailure],
     now: datetime,
     *,
-    day: date | None = None,
-    activity: Sequence[DayActivity] = (),
+    activity: Mapping[date, Sequence[DayActivity]] | None = None,
 ) -> UpsertStats:
-    """Merge and write every touched IP, a chunk of IPs at a time within the caller's transaction."""
+    """Merge and write every touched IP, a chunk of IPs at a time within the caller's transaction.
+    `activity` holds the days whose rows were just written (added from memory instead of read back)."""
+    days = set(activity or ())
+    written = [row for rows in (activity or {}).values() for row in rows]
     ips = sorted(touched | {row.ip for row in updates} | {failure.ip for failure in failures})
     chunks = [ips[start : start + MERGE_CHUNK_IPS] for start in range(0, len(ips), MERGE_CHUNK_IPS)]
     chunk_of = {ip: number for number, chunk in enumerate(chunks) for ip in chunk}
     updates_in, failures_in, activity_in = (
-        _split(items, chunk_of, len(chunks)) for items in (updates, failures, activity)
+        _split(items, chunk_of, len(chunks)) for items in (updates, failures, written)
     )
     stats = UpsertStats(inserted=0, updated=0, activity_rows=0, seconds=0.0)
     for number, chunk in enumerate(chunks):
         stored = _read_stored_rows(conn, chunk)
-        totals = _activity_totals(conn, chunk, day, activity_in[number])
+        totals = _activity_totals(conn, chunk, days, activity_in[number])
         rows = _merged_rows(chunk, stored, totals, updates_in[number], now)
         _write_changes(conn, rows, stored)
         recorded, cleared = _write_failures(conn, rows, updates_in[number], failures_in[number], now)
@@ -185,11 +204,11 @@ class _Totals:
 
 
 def _activity_totals(
-    conn: Connection, ips: Sequence[str], day: date | None, activity: Sequence[DayActivity]
+    conn: Connection, ips: Sequence[str], days: Collection[date], activity: Sequence[DayActivity]
 ) -> dict[str, _Totals]:
     """SUM/MIN/MAX over all days of each IP's activity; IPs without any daily row are absent.
 
-    `day`'s rows were just written from `activity`: they are added from there instead of read back.
+    The rows of `days` were just written from `activity`: they are added from there instead of read back.
     """
     daily = DAILY_ACTIVITY.c
     query = (
@@ -197,8 +216,8 @@ def _activity_totals(
         .where(bulk_sql.among(conn.dialect.name, daily.ip_address, ips))
         .group_by(daily.ip_address)
     )
-    if day is not None:
-        query = query.where(daily.day != day)
+    if days:
+        query = query.where(daily.day.not_in(sorted(days)))
     totals = {
         ip: _Totals(int(session_count), first_seen, last_seen)
         for ip, session_count, first_seen, last_seen in bulk_sql.fetch(conn, query)
