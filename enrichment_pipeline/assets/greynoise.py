@@ -49,6 +49,8 @@ def greynoise_results(
                 frame,
                 **status_counts(frame),
                 requests_made=0,
+                stopped_early="",
+                not_reached=0,
                 skipped_reason=NO_KEY_NOTE,
                 seconds=round(time.perf_counter() - started, 3),
             ),
@@ -67,7 +69,9 @@ def greynoise_results(
     frame = greynoise_frame(ips, result, fresh=fresh)
     if result.failed:
         reasons = ", ".join(f"{reason}: {n}" for reason, n in Counter(result.failed.values()).most_common())
-        context.log.warning(f"GreyNoise: {len(result.failed)} lookups failed, kept for retry ({reasons})")
+        # One warning event: the stop, when there was one, is told in the same line.
+        stop = f"; stopped early, {result.not_reached} IPs not asked" if result.stop_reason else ""
+        context.log.warning(f"GreyNoise: {len(result.failed)} lookups failed, kept for retry ({reasons}){stop}")
     context.log.info(
         f"GreyNoise: {len(fresh)} fresh, {len(result.answers)} answered, {len(result.skipped)} skipped,"
         f" {len(result.failed)} failed with {result.requests_made} requests"
@@ -78,6 +82,8 @@ def greynoise_results(
             frame,
             **status_counts(frame),
             requests_made=result.requests_made,
+            stopped_early=result.stop_reason or "",  # "" when every IP was asked
+            not_reached=result.not_reached,
             daily_limit=budget.daily_limit,
             budget_left=budget.left(now.date()),
             seconds=round(time.perf_counter() - started, 3),

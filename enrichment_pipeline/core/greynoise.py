@@ -48,6 +48,8 @@ SKIP_REJECTED = "rejected by GreyNoise (HTTP 400)"
 BUDGET_EXHAUSTED = "daily budget exhausted"
 RATE_LIMITED = "rate limited"
 UNAVAILABLE = "not asked: GreyNoise unavailable"
+DEADLINE_PASSED = "not asked: GreyNoise pass deadline passed"
+TOO_MANY_TIMEOUTS = "not asked: GreyNoise timed out too often"
 TIMEOUT = "timeout"
 CONNECTION_ERROR = "connection error"
 INVALID_JSON = "invalid JSON"
@@ -64,6 +66,10 @@ _MAX_RATE_LIMIT_WAIT_S = 60.0  # a longer Retry-After (a spent quota) ends the p
 # Failed IPs in a row (transport errors, 5xx, 403, redirects, bodies that are not answers) that mean GreyNoise
 # is down or the base URL is wrong: stop asking instead of spending the day's budget on failures.
 _MAX_FAILURES_IN_ROW = 5
+# Lookups ending in a timeout, in total: an endpoint that hangs on some requests and answers the others never
+# fails five in a row, yet each hang costs the full timeout (and its retries).
+_MAX_TIMEOUTS_PER_PASS = 3
+_MIN_REQUEST_TIMEOUT_S = 0.05  # a request sent just before the deadline still gets a usable timeout
 _MAX_REPLY_BYTES = 64 * 1024  # a community answer is a few hundred bytes
 _HEADER_SAFE_KEY = re.compile(r"[\x21-\x7e]{1,256}")  # visible ASCII: a valid header value, nothing to escape
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -140,6 +146,8 @@ class GreyNoiseLookupResult:
     skipped: dict[str, str] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     requests_made: int = 0
+    stop_reason: str | None = None  # why the pass stopped before asking about every IP, if it did
+    not_reached: int = 0  # IPs put in `failed` without being asked (budget, deadline, give-up rules)
 
 
 @dataclass(frozen=True)
@@ -171,10 +179,15 @@ class _Pacer:
         self._next_slot: float | None = None
         self.sent = 0
         self.limit: int | None = None  # the value of `sent` at which the budget is spent
+        self.deadline: float | None = None  # clock reading at which the pass stops asking
 
     @property
     def spent(self) -> bool:
         return self.limit is not None and self.sent >= self.limit
+
+    def time_left(self) -> float:
+        """Seconds until the pass deadline (infinite without one; negative once passed)."""
+        return float("inf") if self.deadline is None else self.deadline - self._clock()
 
     def take(self) -> None:
         """Wait for the next free slot, then count one request."""
@@ -202,10 +215,10 @@ class _PacedRetry(Retry):
         return retry
 
     def is_exhausted(self) -> bool:
-        return super().is_exhausted() or self.pacer.spent
+        return super().is_exhausted() or self.pacer.spent or self.pacer.time_left() <= 0
 
     def sleep(self, response: Any = None) -> None:
-        self.pacer.pause(self.get_backoff_time())
+        self.pacer.pause(min(self.get_backoff_time(), self.pacer.time_left()))  # no backoff past the deadline
         self.pacer.take()
 
 
@@ -214,7 +227,10 @@ class GreyNoiseClient:
 
     Transport errors and 5xx are retried by urllib3 with backoff; 429 waits for Retry-After and, if the
     server keeps refusing, the pass gives up on the remaining IPs instead of hammering; so it does after five
-    failed IPs in a row, whatever the failure. Every failed IP stays on the retry list. Not thread-safe.
+    failed IPs in a row, whatever the failure, after `_MAX_TIMEOUTS_PER_PASS` timed-out lookups in total (a
+    server hanging on some requests), and once `pass_deadline_s` seconds (on `clock`) have passed since the
+    `lookup` call began; no request's timeout reaches past that deadline. Every failed IP stays on the retry
+    list. Not thread-safe.
     """
 
     def __init__(
@@ -225,6 +241,7 @@ class GreyNoiseClient:
         timeout_s: float = 10.0,
         rate_per_s: float = 1.0,
         max_retries: int = 3,
+        pass_deadline_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -238,9 +255,13 @@ class GreyNoiseClient:
             )
         if not timeout_s > 0 or max_retries < 0:
             raise ValueError("timeout_s must be positive and max_retries not negative")
+        if pass_deadline_s is not None and not pass_deadline_s > 0:
+            raise ValueError(f"pass_deadline_s must be positive, got {pass_deadline_s!r}")
         self.base_url = _checked_base_url(base_url)
         self.timeout_s = timeout_s
         self.max_retries = max_retries
+        self.pass_deadline_s = pass_deadline_s
+        self._clock = clock
         self._pacer = _Pacer(rate_per_s, clock, sleep)
         self._session = _keyed_session(key, self._pacer, max_retries)
 
@@ -262,32 +283,44 @@ class GreyNoiseClient:
         return self._pacer.sent
 
     def lookup(self, ips: Iterable[str], *, budget: int | None = None) -> GreyNoiseLookupResult:
-        """Ask about each distinct IP; at most `budget` requests (None: no limit). Raises GreyNoiseAuthError on 401."""
+        """Ask about each distinct IP; at most `budget` requests (None: no limit), within the pass deadline.
+        Raises GreyNoiseAuthError on 401."""
         result = GreyNoiseLookupResult()
         started = self._pacer.sent
         self._pacer.limit = None if budget is None else started + max(budget, 0)
+        self._pacer.deadline = None if self.pass_deadline_s is None else self._clock() + self.pass_deadline_s
         stop_reason: str | None = None
-        failures_in_row = 0
+        failures_in_row = timeouts = 0
         try:
             for ip in dict.fromkeys(ips):
                 if (reason := skip_reason(ip)) is not None:
                     result.skipped[ip] = reason
-                elif stop_reason is not None:
+                    continue
+                if stop_reason is None and self._pacer.spent:
+                    stop_reason = BUDGET_EXHAUSTED
+                if stop_reason is None and self._pacer.time_left() <= 0:
+                    log.warning(
+                        "GreyNoise pass deadline of %g s passed: not asking about the remaining IPs",
+                        self.pass_deadline_s,
+                    )
+                    stop_reason = DEADLINE_PASSED
+                if stop_reason is not None:
                     result.failed[ip] = stop_reason
-                elif self._pacer.spent:
-                    result.failed[ip] = BUDGET_EXHAUSTED
+                    result.not_reached += 1
+                    result.stop_reason = result.stop_reason or stop_reason
+                    continue
+                outcome = self._lookup_one(ip)
+                if isinstance(outcome, GreyNoiseAnswer):
+                    result.answers[ip] = outcome
+                elif isinstance(outcome, _Skipped):
+                    result.skipped[ip] = outcome.reason
                 else:
-                    outcome = self._lookup_one(ip)
-                    if isinstance(outcome, GreyNoiseAnswer):
-                        result.answers[ip] = outcome
-                    elif isinstance(outcome, _Skipped):
-                        result.skipped[ip] = outcome.reason
-                    else:
-                        result.failed[ip] = outcome.reason
-                    failures_in_row = failures_in_row + 1 if isinstance(outcome, _Failed) else 0
-                    stop_reason = _stop_reason(outcome, failures_in_row)
+                    result.failed[ip] = outcome.reason
+                failures_in_row = failures_in_row + 1 if isinstance(outcome, _Failed) else 0
+                timeouts += isinstance(outcome, _Failed) and outcome.reason == TIMEOUT
+                stop_reason = _stop_reason(outcome, failures_in_row, timeouts)
         finally:
-            self._pacer.limit = None
+            self._pacer.limit = self._pacer.deadline = None
             result.requests_made = self._pacer.sent - started
         return result
 
@@ -301,7 +334,8 @@ class GreyNoiseClient:
                 return _interpret(ip, reply)
             wait = _retry_after_seconds(reply.retry_after)
             wait = _RATE_LIMIT_BACKOFF_S * 2**attempt if wait is None else wait
-            if attempt == self.max_retries or wait > _MAX_RATE_LIMIT_WAIT_S:
+            # A wait past the pass deadline ends the pass like a spent quota does: the retry list waits instead.
+            if attempt == self.max_retries or wait > min(_MAX_RATE_LIMIT_WAIT_S, self._pacer.time_left()):
                 break
             if self._pacer.spent:
                 return _Failed(BUDGET_EXHAUSTED)
@@ -312,9 +346,11 @@ class GreyNoiseClient:
     def _get(self, ip: str) -> _Reply | _Failed:
         # The IP is canonical IPv4 (skip_reason checked it): nothing in it needs quoting.
         url = f"{self.base_url}{COMMUNITY_PATH}{ip}"
+        # Capped by the time left, so a hanging request cannot hold the pass much past its deadline.
+        timeout = min(self.timeout_s, max(self._pacer.time_left(), _MIN_REQUEST_TIMEOUT_S))
         try:
             # No redirects: requests would forward the `key` header to wherever a redirect points.
-            with self._session.get(url, timeout=self.timeout_s, allow_redirects=False, stream=True) as response:
+            with self._session.get(url, timeout=timeout, allow_redirects=False, stream=True) as response:
                 return _Reply(response.status_code, response.headers.get("Retry-After"), _capped_body(response))
         except requests.Timeout:
             return _Failed(TIMEOUT)
@@ -323,7 +359,7 @@ class GreyNoiseClient:
             return _Failed(TIMEOUT if _timed_out(error) else CONNECTION_ERROR)
 
 
-def _stop_reason(outcome: GreyNoiseAnswer | _Skipped | _Failed, failures_in_row: int) -> str | None:
+def _stop_reason(outcome: GreyNoiseAnswer | _Skipped | _Failed, failures_in_row: int, timeouts: int) -> str | None:
     """Why the pass should not ask about any further IP, if it should stop."""
     if isinstance(outcome, _Failed) and outcome.reason == RATE_LIMITED:
         log.warning("GreyNoise keeps answering 429: the remaining IPs wait for the retry list")
@@ -331,6 +367,9 @@ def _stop_reason(outcome: GreyNoiseAnswer | _Skipped | _Failed, failures_in_row:
     if failures_in_row >= _MAX_FAILURES_IN_ROW:
         log.warning("GreyNoise failed %d times in a row: not asking about the remaining IPs", failures_in_row)
         return UNAVAILABLE
+    if timeouts >= _MAX_TIMEOUTS_PER_PASS:
+        log.warning("GreyNoise timed out %d times in this pass: not asking about the remaining IPs", timeouts)
+        return TOO_MANY_TIMEOUTS
     return None
 
 

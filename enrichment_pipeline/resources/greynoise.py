@@ -43,6 +43,7 @@ class GreyNoiseResource(ConfigurableResource):
             timeout_s=self.timeout_s,
             rate_per_s=self.rate_per_s,
             max_retries=self.max_retries,
+            pass_deadline_s=self.pass_deadline_s,  # per lookup call: the asset's pass, each refresh chunk
         )
 
     def daily_budget(self, engine: Engine) -> GreyNoiseDailyBudget:

@@ -77,11 +77,17 @@ def json_reply(code: int, body: object, headers: dict[str, str] | None = None) -
 
 class FakeGreyNoise:
     """`GET /v3/community/<ip>` with header `key`: a wrong key gets 401; other IPs get their scripted replies
-    in order, then `default` (observed). Anything else is an HTML 404, like a wrong base URL would get."""
+    in order, then `default` (observed). Anything else is an HTML 404, like a wrong base URL would get.
 
-    def __init__(self, api_key: str, default: Reply | None = None) -> None:
+    `stall_every=n`: every n-th keyed community request is read and logged but never answered; its handler
+    holds the socket until the server shuts down, like an endpoint that accepts connections and then hangs."""
+
+    def __init__(self, api_key: str, default: Reply | None = None, *, stall_every: int = 0) -> None:
         self.api_key = api_key
         self.default = default or observed()
+        self.stall_every = stall_every
+        self._keyed_requests = 0
+        self._shutting_down = threading.Event()  # releases stalled handlers, so stop() is not held up
         self.requests: list[SeenRequest] = []
         self._scripts: dict[str, deque[Reply]] = {}
         self._lock = threading.Lock()
@@ -93,6 +99,7 @@ class FakeGreyNoise:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        self._shutting_down.set()
         self._server.clear()
         self._server.stop()
 
@@ -100,10 +107,12 @@ class FakeGreyNoise:
     def url(self) -> str:
         return f"http://127.0.0.1:{self._server.port}"
 
-    def reset(self, default: Reply | None = None) -> None:
+    def reset(self, default: Reply | None = None, *, stall_every: int = 0) -> None:
         """Forget scripts and logged requests, so one running server can serve many tests."""
         with self._lock:
             self.default = default or observed()
+            self.stall_every = stall_every
+            self._keyed_requests = 0
             self._scripts.clear()
             self.requests.clear()
 
@@ -131,6 +140,11 @@ class FakeGreyNoise:
                 return Response("<html><body>Not Found</body></html>", status=404, content_type="text/html")
             if request.headers.get("key") != self.api_key:
                 return json_reply(401, {"message": "Unauthorized"})
-            script = self._scripts.get(ip)
+            self._keyed_requests += 1
+            stall = self.stall_every > 0 and self._keyed_requests % self.stall_every == 0
+            script = None if stall else self._scripts.get(ip)
             reply = script.popleft() if script else self.default
+        if stall:
+            self._shutting_down.wait()  # outside the lock: other requests are served meanwhile
+            return json_reply(503, {"message": "stalled request released at shutdown"})
         return reply(ip)
