@@ -3,18 +3,20 @@ every ingested IP is in the inventory, enough of the day's IPs have an ASN, no C
 lookup failed."""
 
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date
 
 import pandas as pd
 from dagster import (
+    AssetCheckEvaluation,
     AssetCheckExecutionContext,
     AssetCheckResult,
     AssetCheckSeverity,
     AssetIn,
     AssetRecordsFilter,
     Backoff,
+    Failure,
     PreviewWarning,
     RetryPolicy,
     asset_check,
@@ -26,6 +28,7 @@ from enrichment_pipeline.assets import (
     greynoise_results,
     merged_inventory,
 )
+from enrichment_pipeline.core.day_files import DAY_COLUMN
 from enrichment_pipeline.core.frames import CYMRU_FAILED
 from enrichment_pipeline.core.greynoise import FAILED as GREYNOISE_FAILED
 from enrichment_pipeline.core.inventory import DAILY_ACTIVITY, INVENTORY
@@ -80,8 +83,43 @@ def day_coverage(engine: Engine, day: date, ips: Iterable[str]) -> DayCoverage:
     return DayCoverage(ips=len(expected), missing=sorted(expected - stored.keys()), with_asn=with_asn)
 
 
-def _day(context: AssetCheckExecutionContext) -> date:
-    return date.fromisoformat(context.partition_key)
+def each_day(
+    context: AssetCheckExecutionContext, evaluate: Callable[[str], AssetCheckResult]
+) -> AssetCheckResult | None:
+    """Evaluate the check for every day of the run, each result recorded against its own partition.
+
+    A one-day run returns its result as usual. A range run (a batched backfill) records one evaluation per
+    day, so the UI shows each day's result; a blocking check that fails any day then fails its step, which
+    keeps what depends on the asset from running, as a failed blocking result would.
+    """
+    run = context.op_execution_context
+    if run.has_partition_key:
+        return evaluate(run.partition_key)
+    (spec,) = context.check_specs
+    failed = []
+    for day in run.partition_keys:
+        result = evaluate(day)
+        run.log_event(
+            AssetCheckEvaluation(
+                asset_key=spec.asset_key,
+                check_name=spec.name,
+                passed=result.passed,
+                metadata=result.metadata,
+                severity=result.severity,
+                description=result.description,
+                blocking=spec.blocking,
+                partition=day,
+            )
+        )
+        if not result.passed and result.severity == AssetCheckSeverity.ERROR:
+            failed.append(day)
+    if spec.blocking and failed:
+        raise Failure(description=f"{spec.name} failed for {len(failed)} day(s) of the run: {', '.join(failed)}")
+    return None
+
+
+def _rows_of(frame: pd.DataFrame, day: str) -> pd.DataFrame:
+    return frame.loc[frame[DAY_COLUMN] == day]
 
 
 @asset_check(
@@ -94,9 +132,13 @@ def _day(context: AssetCheckExecutionContext) -> date:
 )
 def every_ingested_ip_in_inventory(
     context: AssetCheckExecutionContext, cowrie_source_ips: pd.DataFrame, inventory: InventoryDatabase
-) -> AssetCheckResult:
+) -> AssetCheckResult | None:
     """Every source IP read from the day's log has an ip_inventory row with that day's activity."""
-    coverage = day_coverage(inventory.engine(), _day(context), cowrie_source_ips["ip"])
+    return each_day(context, lambda day: _all_in_inventory(inventory, day, _rows_of(cowrie_source_ips, day)))
+
+
+def _all_in_inventory(inventory: InventoryDatabase, day: str, ingested: pd.DataFrame) -> AssetCheckResult:
+    coverage = day_coverage(inventory.engine(), date.fromisoformat(day), ingested["ip"])
     return AssetCheckResult(
         passed=not coverage.missing,
         severity=AssetCheckSeverity.ERROR,
@@ -117,10 +159,14 @@ def every_ingested_ip_in_inventory(
 )
 def asn_coverage(
     context: AssetCheckExecutionContext, cowrie_source_ips: pd.DataFrame, inventory: InventoryDatabase
-) -> AssetCheckResult:
+) -> AssetCheckResult | None:
     """The share of the day's IPs with an ASN (MaxMind or Cymru) is at least ASN_COVERAGE_MIN (warns below)."""
     threshold = asn_coverage_min()
-    coverage = day_coverage(inventory.engine(), _day(context), cowrie_source_ips["ip"])
+    return each_day(context, lambda day: _coverage(inventory, day, _rows_of(cowrie_source_ips, day), threshold))
+
+
+def _coverage(inventory: InventoryDatabase, day: str, ingested: pd.DataFrame, threshold: float) -> AssetCheckResult:
+    coverage = day_coverage(inventory.engine(), date.fromisoformat(day), ingested["ip"])
     return AssetCheckResult(
         passed=coverage.share_with_asn >= threshold,
         severity=AssetCheckSeverity.WARN,
@@ -135,10 +181,16 @@ def asn_coverage(
 
 
 @asset_check(asset=cymru_bulk_results, partitions_def=ingest_days)
-def no_failed_cymru_batches(context: AssetCheckExecutionContext, cymru_bulk_results: pd.DataFrame) -> AssetCheckResult:
+def no_failed_cymru_batches(
+    context: AssetCheckExecutionContext, cymru_bulk_results: pd.DataFrame
+) -> AssetCheckResult | None:
     """No Team Cymru batch failed (warns otherwise: its IPs are on the retry list, asked again later)."""
-    failed = cymru_bulk_results.loc[cymru_bulk_results["status"] == CYMRU_FAILED]
-    batches_failed = _materialization_count(context, "batches_failed")
+    return each_day(context, lambda day: _cymru_failures(context, day, _rows_of(cymru_bulk_results, day)))
+
+
+def _cymru_failures(context: AssetCheckExecutionContext, day: str, answers: pd.DataFrame) -> AssetCheckResult:
+    failed = answers.loc[answers["status"] == CYMRU_FAILED]
+    batches_failed = _materialization_count(context, day, "batches_failed")
     errors = failed["error"].dropna().unique().tolist()[:SAMPLE_SIZE]
     return AssetCheckResult(
         passed=len(failed) == 0 and not batches_failed,
@@ -155,9 +207,13 @@ def no_failed_cymru_batches(context: AssetCheckExecutionContext, cymru_bulk_resu
 @asset_check(asset=greynoise_results, partitions_def=ingest_days)
 def no_failed_greynoise_lookups(
     context: AssetCheckExecutionContext, greynoise_results: pd.DataFrame
-) -> AssetCheckResult:
+) -> AssetCheckResult | None:
     """No GreyNoise lookup failed (warns otherwise: those IPs are on the retry list, asked again later)."""
-    failed = greynoise_results.loc[greynoise_results["status"] == GREYNOISE_FAILED]
+    return each_day(context, lambda day: _greynoise_failures(_rows_of(greynoise_results, day)))
+
+
+def _greynoise_failures(answers: pd.DataFrame) -> AssetCheckResult:
+    failed = answers.loc[answers["status"] == GREYNOISE_FAILED]
     errors = failed["error"].dropna().unique().tolist()[:SAMPLE_SIZE]
     return AssetCheckResult(
         passed=failed.empty,
@@ -167,10 +223,10 @@ def no_failed_greynoise_lookups(
     )
 
 
-def _materialization_count(context: AssetCheckExecutionContext, name: str) -> int | None:
-    """An integer from the metadata of the checked partition's latest materialization, if recorded."""
+def _materialization_count(context: AssetCheckExecutionContext, day: str, name: str) -> int | None:
+    """An integer from the metadata of the checked day's latest materialization, if recorded."""
     records = context.instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=cymru_bulk_results.key, asset_partitions=[context.partition_key]),
+        AssetRecordsFilter(asset_key=cymru_bulk_results.key, asset_partitions=[day]),
         limit=1,
     ).records
     materialization = records[0].asset_materialization if records else None

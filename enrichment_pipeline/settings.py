@@ -42,6 +42,8 @@ DEFAULTS: dict[str, str] = {
     "ENRICHMENT_SCHEDULE_TZ": "UTC",  # IANA name the cron is read in
     "COWRIE_SENSOR_INTERVAL_S": "60",  # seconds between evaluations of the rotated-log sensor, at least
     "ASN_COVERAGE_MIN": "0.9",  # share of a day's IPs that should have an ASN; below it a check warns
+    "BACKFILL_DAYS_PER_RUN": "31",  # days one backfill run covers at most (BackfillPolicy.multi_run)
+    "ENRICHMENT_STORAGE_DIR": "",  # empty: the per-day Parquet files live under the Dagster instance storage
 }
 
 

@@ -168,7 +168,7 @@ def test_with_a_key_the_graph_asks_each_global_ipv4_once_stores_the_answers_and_
     assert result.success and repeat.success
 
     frame: pd.DataFrame = result.output_for_node("greynoise_results")
-    assert dict(frame.dtypes.astype(str)) == GREYNOISE_COLUMNS
+    assert dict(frame.dtypes.astype(str)) == {"day": "string", **GREYNOISE_COLUMNS}  # per-day rows (range runs)
     assert sorted(frame["ip"]) == day_ips
     assert sorted(asked_first) == sorted(askable)  # each askable IP exactly once
     statuses = dict(zip(frame["ip"], frame["status"], strict=False))

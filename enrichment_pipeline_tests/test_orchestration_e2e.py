@@ -95,6 +95,8 @@ def pipeline_env(log_dir: Path, cymru: CymruStandinServer, db_url: str) -> dict[
         "GREYNOISE_API_URL": "http://127.0.0.1:9",
         "ENRICHMENT_DB_URL": db_url,
         "COWRIE_SENSOR_INTERVAL_S": "2",
+        # One run per day here; batched range runs have their own end-to-end test (test_backfill_e2e.py).
+        "BACKFILL_DAYS_PER_RUN": "1",
     }
 
 

@@ -1,5 +1,6 @@
-"""Small helpers shared by the asset bodies: the partition's day and standard output metadata."""
+"""Small helpers shared by the asset bodies: the run's days and standard output metadata, per day."""
 
+from collections.abc import Callable
 from datetime import date
 from typing import Any
 
@@ -8,12 +9,14 @@ from dagster import (
     AssetExecutionContext,
     Backoff,
     Jitter,
+    MaterializeResult,
     MetadataValue,
     RetryPolicy,
     TableColumn,
     TableSchema,
 )
 
+from enrichment_pipeline.core.day_files import DAY_COLUMN
 from enrichment_pipeline.core.frames import markdown_table
 
 GROUP = "ip_enrichment"
@@ -22,8 +25,26 @@ GROUP = "ip_enrichment"
 NETWORK_RETRY = RetryPolicy(max_retries=2, delay=30, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS)
 
 
-def partition_day(context: AssetExecutionContext) -> date:
-    return date.fromisoformat(context.partition_key)
+def partition_days(context: AssetExecutionContext) -> list[date]:
+    """The days of the run: one for a sensor or schedule run, a contiguous range for a backfill run."""
+    return [date.fromisoformat(key) for key in context.partition_keys]
+
+
+def report_days(
+    context: AssetExecutionContext,
+    frame: pd.DataFrame,
+    counts: Callable[[str, pd.DataFrame], dict[str, Any]] | None = None,
+    **run_metadata: Any,
+) -> MaterializeResult:
+    """The output of a per-day frame: each day of the run gets its own row count, schema, preview and
+    `counts(day, rows)` (shown per partition in the UI); `run_metadata` describes the run's work as a whole."""
+    if counts is not None:
+        for day in context.partition_keys:
+            part = frame.loc[frame[DAY_COLUMN] == day].reset_index(drop=True)
+            context.add_asset_metadata(frame_metadata(part, **counts(day, part)), partition_key=day)
+    if len(context.partition_keys) > 1:
+        run_metadata["days_in_run"] = len(context.partition_keys)
+    return MaterializeResult(value=frame, metadata=run_metadata)
 
 
 def frame_metadata(frame: pd.DataFrame, **extra: Any) -> dict[str, Any]:

@@ -2,17 +2,26 @@
 Team Cymru bulk whois."""
 
 import time
+from typing import Any
 
 import pandas as pd
 from dagster import AssetExecutionContext, MaterializeResult, asset
 
-from enrichment_pipeline.assets.common import GROUP, NETWORK_RETRY, frame_metadata
+from enrichment_pipeline.assets.common import GROUP, NETWORK_RETRY, report_days
 from enrichment_pipeline.core import freshness as clock
 from enrichment_pipeline.core.cymru import BatchOutcome
+from enrichment_pipeline.core.day_files import DAY_COLUMN
 from enrichment_pipeline.core.eligibility import needs_cymru_in_frame
-from enrichment_pipeline.core.frames import CYMRU_FAILED, CYMRU_UNROUTED, cymru_frame
+from enrichment_pipeline.core.frames import (
+    CYMRU_FAILED,
+    CYMRU_ROUTED,
+    CYMRU_UNROUTED,
+    cymru_frame,
+    distinct_ips,
+    for_days,
+)
 from enrichment_pipeline.core.inventory import fresh_ips
-from enrichment_pipeline.partitions import ingest_days
+from enrichment_pipeline.partitions import ingest_backfill_policy, ingest_days
 from enrichment_pipeline.resources import (
     CymruResource,
     FreshnessResource,
@@ -20,7 +29,7 @@ from enrichment_pipeline.resources import (
 )
 
 
-@asset(partitions_def=ingest_days, group_name=GROUP, kinds={"pandas"})
+@asset(partitions_def=ingest_days, backfill_policy=ingest_backfill_policy, group_name=GROUP, kinds={"pandas"})
 def ips_needing_cymru(
     context: AssetExecutionContext,
     maxmind_results: pd.DataFrame,
@@ -31,24 +40,26 @@ def ips_needing_cymru(
 
     A failed lookup stored no answer, so it is not fresh: every run of a day containing it retries it.
     """
-    without_asn = maxmind_results.loc[needs_cymru_in_frame(maxmind_results), "ip"]
+    without_asn = maxmind_results.loc[needs_cymru_in_frame(maxmind_results), [DAY_COLUMN, "ip"]]
     ttl = freshness.policy().cymru_ttl
-    fresh = fresh_ips(inventory.engine(), without_asn, "cymru", ttl, now=clock.utc_now())
-    frame = pd.DataFrame({"ip": without_asn[~without_asn.isin(fresh)]}).reset_index(drop=True)
-    return MaterializeResult(
-        value=frame,
-        metadata=frame_metadata(
-            frame,
-            ips=len(frame),
-            had_maxmind_asn=len(maxmind_results) - len(without_asn),
-            skipped_fresh=len(fresh),
-            cymru_ttl_days=freshness.cymru_ttl_days,
-        ),
-    )
+    fresh = fresh_ips(inventory.engine(), set(without_asn["ip"]), "cymru", ttl, now=clock.utc_now())
+    needed = without_asn.loc[~without_asn["ip"].isin(fresh)].reset_index(drop=True)
+
+    def counts(day: str, rows: pd.DataFrame) -> dict[str, Any]:
+        day_without = without_asn.loc[without_asn[DAY_COLUMN] == day, "ip"]
+        return {
+            "ips": len(rows),
+            "had_maxmind_asn": int((maxmind_results[DAY_COLUMN] == day).sum()) - len(day_without),
+            "skipped_fresh": int(day_without.isin(fresh).sum()),
+            "cymru_ttl_days": freshness.cymru_ttl_days,
+        }
+
+    return report_days(context, needed, counts, distinct_ips=needed["ip"].nunique(), skipped_fresh=len(fresh))
 
 
 @asset(
     partitions_def=ingest_days,
+    backfill_policy=ingest_backfill_policy,
     group_name=GROUP,
     kinds={"pandas"},
     pool="cymru",  # limits Cymru lookups across concurrent runs (backfills)
@@ -66,21 +77,26 @@ def cymru_bulk_results(
         else:
             context.log.info(f"Cymru batch {batch.number}/{batch.total}: {len(batch.ips)} IPs, {batch.seconds:.1f} s")
 
-    result = cymru.client().lookup(ips_needing_cymru["ip"].tolist(), on_batch=report)
-    frame = cymru_frame(result)
-    status = frame["status"]
-    return MaterializeResult(
-        value=frame,
-        metadata=frame_metadata(
-            frame,
-            ips=len(frame),
-            routed=int((status == "routed").sum()),
-            unrouted=int((status == CYMRU_UNROUTED).sum()),
-            failed=int((status == CYMRU_FAILED).sum()),
-            multi_origin=sum(len(answer.origins) > 1 for answer in result.answers.values()),
-            batches=len(result.batches),
-            batches_ok=len(result.batches) - result.batches_failed,
-            batches_failed=result.batches_failed,
-            seconds=round(time.perf_counter() - started, 3),
-        ),
+    result = cymru.client().lookup(distinct_ips(ips_needing_cymru)["ip"].tolist(), on_batch=report)
+    multi_origin = {ip for ip, answer in result.answers.items() if len(answer.origins) > 1}
+
+    def counts(_day: str, rows: pd.DataFrame) -> dict[str, int]:
+        status = rows["status"]
+        return {
+            "ips": len(rows),
+            "routed": int((status == CYMRU_ROUTED).sum()),
+            "unrouted": int((status == CYMRU_UNROUTED).sum()),
+            "failed": int((status == CYMRU_FAILED).sum()),
+            "multi_origin": int(rows["ip"].isin(multi_origin).sum()),
+        }
+
+    return report_days(
+        context,
+        for_days(cymru_frame(result), ips_needing_cymru),
+        counts,
+        distinct_ips=len(result.answers) + len(result.failed),
+        batches=len(result.batches),
+        batches_ok=len(result.batches) - result.batches_failed,
+        batches_failed=result.batches_failed,
+        seconds=round(time.perf_counter() - started, 3),
     )

@@ -1,4 +1,5 @@
-"""GreyNoise pass: the day's IPv4 sources whose stored answer is not fresh, asked within rate and daily budget.
+"""GreyNoise pass: the run's IPv4 sources whose stored answer is not fresh, each distinct IP asked once, within
+rate, daily budget and the pass deadline.
 Without an API key every row is "disabled" and nothing is asked; a rejected key (401) fails the step clearly."""
 
 import time
@@ -7,12 +8,12 @@ from collections import Counter
 import pandas as pd
 from dagster import AssetExecutionContext, Failure, MaterializeResult, asset
 
-from enrichment_pipeline.assets.common import GROUP, NETWORK_RETRY, frame_metadata
+from enrichment_pipeline.assets.common import GROUP, NETWORK_RETRY, report_days
 from enrichment_pipeline.core import freshness as clock
-from enrichment_pipeline.core.frames import greynoise_frame, status_counts
+from enrichment_pipeline.core.frames import distinct_ips, for_days, greynoise_frame, status_counts
 from enrichment_pipeline.core.greynoise import GreyNoiseAuthError, budgeted_lookup
 from enrichment_pipeline.core.inventory import fresh_ips
-from enrichment_pipeline.partitions import ingest_days
+from enrichment_pipeline.partitions import ingest_backfill_policy, ingest_days
 from enrichment_pipeline.resources import (
     FreshnessResource,
     GreyNoiseResource,
@@ -24,6 +25,7 @@ NO_KEY_NOTE = "GREYNOISE_API_KEY is not set: GreyNoise lookups skipped (rows mar
 
 @asset(
     partitions_def=ingest_days,
+    backfill_policy=ingest_backfill_policy,
     group_name=GROUP,
     kinds={"pandas"},
     pool="greynoise",  # limits GreyNoise lookups across concurrent runs (backfills)
@@ -39,21 +41,18 @@ def greynoise_results(
     """GreyNoise community answers (noise, RIOT, classification) per IP: observed, not_observed, fresh, skipped,
     failed (kept for retry) or disabled."""
     started = time.perf_counter()
-    ips = cowrie_source_ips["ip"].tolist()
+    ips = distinct_ips(cowrie_source_ips)["ip"].tolist()
     if not greynoise.enabled:
         context.log.info(NO_KEY_NOTE)
-        frame = greynoise_frame(ips, None)
-        return MaterializeResult(
-            value=frame,
-            metadata=frame_metadata(
-                frame,
-                **status_counts(frame),
-                requests_made=0,
-                stopped_early="",
-                not_reached=0,
-                skipped_reason=NO_KEY_NOTE,
-                seconds=round(time.perf_counter() - started, 3),
-            ),
+        return report_days(
+            context,
+            for_days(greynoise_frame(ips, None), cowrie_source_ips),
+            _counts,
+            requests_made=0,
+            stopped_early="",
+            not_reached=0,
+            skipped_reason=NO_KEY_NOTE,
+            seconds=round(time.perf_counter() - started, 3),
         )
 
     engine = inventory.engine()
@@ -66,7 +65,6 @@ def greynoise_results(
     except GreyNoiseAuthError as error:  # a bad key stays bad: retrying the step cannot help
         raise Failure(description=str(error), allow_retries=False) from error
 
-    frame = greynoise_frame(ips, result, fresh=fresh)
     if result.failed:
         reasons = ", ".join(f"{reason}: {n}" for reason, n in Counter(result.failed.values()).most_common())
         # One warning event: the stop, when there was one, is told in the same line.
@@ -76,16 +74,18 @@ def greynoise_results(
         f"GreyNoise: {len(fresh)} fresh, {len(result.answers)} answered, {len(result.skipped)} skipped,"
         f" {len(result.failed)} failed with {result.requests_made} requests"
     )
-    return MaterializeResult(
-        value=frame,
-        metadata=frame_metadata(
-            frame,
-            **status_counts(frame),
-            requests_made=result.requests_made,
-            stopped_early=result.stop_reason or "",  # "" when every IP was asked
-            not_reached=result.not_reached,
-            daily_limit=budget.daily_limit,
-            budget_left=budget.left(now.date()),
-            seconds=round(time.perf_counter() - started, 3),
-        ),
+    return report_days(
+        context,
+        for_days(greynoise_frame(ips, result, fresh=fresh), cowrie_source_ips),
+        _counts,
+        requests_made=result.requests_made,
+        stopped_early=result.stop_reason or "",  # "" when every IP was asked
+        not_reached=result.not_reached,
+        daily_limit=budget.daily_limit,
+        budget_left=budget.left(now.date()),
+        seconds=round(time.perf_counter() - started, 3),
     )
+
+
+def _counts(_day: str, rows: pd.DataFrame) -> dict[str, int]:
+    return status_counts(rows)

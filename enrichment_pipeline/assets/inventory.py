@@ -1,5 +1,7 @@
 """Pass 4: merge the passes and upsert the day into `ip_inventory`, with the retry list, in one transaction."""
 
+from datetime import date
+
 import pandas as pd
 from dagster import (
     AssetExecutionContext,
@@ -10,21 +12,24 @@ from dagster import (
     asset,
 )
 
-from enrichment_pipeline.assets.common import GROUP, partition_day
+from enrichment_pipeline.assets.common import GROUP
 from enrichment_pipeline.core import freshness as clock
+from enrichment_pipeline.core.day_files import DAY_COLUMN
 from enrichment_pipeline.core.frames import (
     day_activity,
+    distinct_ips,
     frame_builds,
     lookup_failures,
     source_updates,
 )
-from enrichment_pipeline.core.inventory import fresh_ips, upsert_day
-from enrichment_pipeline.partitions import ingest_days
+from enrichment_pipeline.core.inventory import fresh_ips, upsert_days
+from enrichment_pipeline.partitions import ingest_backfill_policy, ingest_days
 from enrichment_pipeline.resources import FreshnessResource, InventoryDatabase
 
 
 @asset(
     partitions_def=ingest_days,
+    backfill_policy=ingest_backfill_policy,
     group_name=GROUP,
     kinds={"sqlalchemy"},
     # The upsert is one transaction, so a retry after a dropped connection or lock timeout is safe.
@@ -43,29 +48,40 @@ def merged_inventory(
     merged across days. Failed lookups go to `enrichment_failures`; an answer clears its entry."""
     engine = inventory.engine()
     now = clock.utc_now()
-    builds = frame_builds(maxmind_results)
+    maxmind, cymru, greynoise = (
+        distinct_ips(frame) for frame in (maxmind_results, cymru_bulk_results, greynoise_results)
+    )
     ttl = freshness.policy().maxmind_ttl
-    maxmind_fresh = fresh_ips(engine, maxmind_results["ip"], "maxmind", ttl, now=now, maxmind_builds=builds)
-    updates = source_updates(maxmind_results, cymru_bulk_results, greynoise_results, maxmind_fresh=maxmind_fresh)
-    failures = lookup_failures(cymru_bulk_results, greynoise_results)
-    stats = upsert_day(
-        engine, partition_day(context), day_activity(cowrie_source_ips), updates, now=now, failures=failures
+    builds = frame_builds(maxmind)
+    maxmind_fresh = fresh_ips(engine, maxmind["ip"], "maxmind", ttl, now=now, maxmind_builds=builds)
+    updates = source_updates(maxmind, cymru, greynoise, maxmind_fresh=maxmind_fresh)
+    days = {
+        day: day_activity(cowrie_source_ips.loc[cowrie_source_ips[DAY_COLUMN] == day]) for day in context.partition_keys
+    }
+    # One transaction for the whole run: a range run that fails leaves every one of its days as it was.
+    stats = upsert_days(
+        engine,
+        {date.fromisoformat(day): rows for day, rows in days.items()},
+        updates,
+        now=now,
+        failures=lookup_failures(cymru, greynoise),
     )
     context.log.info(
-        f"ip_inventory: {stats.inserted} inserted, {stats.updated} updated in {stats.seconds:.2f} s;"
-        f" retry list: {stats.failures_recorded} recorded, {stats.failures_cleared} cleared"
+        f"ip_inventory: {stats.inserted} inserted, {stats.updated} updated for {len(days)} day(s) in"
+        f" {stats.seconds:.2f} s; retry list: {stats.failures_recorded} recorded, {stats.failures_cleared} cleared"
     )
+    for day, rows in days.items():
+        context.add_asset_metadata({"dagster/row_count": len(rows), "activity_rows": len(rows)}, partition_key=day)
     return MaterializeResult(
         metadata={
-            "dagster/row_count": stats.inserted + stats.updated,
             "rows_inserted": stats.inserted,
             "rows_updated": stats.updated,
-            "activity_rows": stats.activity_rows,
             "maxmind_skipped_fresh": len(maxmind_fresh),
             "greynoise_stored": sum(update.greynoise is not None for update in updates),
             "failures_recorded": stats.failures_recorded,
             "failures_cleared": stats.failures_cleared,
             "database": MetadataValue.text(engine.url.render_as_string(hide_password=True)),
             "seconds": round(stats.seconds, 3),
+            **({"days_in_run": len(days)} if len(days) > 1 else {}),
         }
     )

@@ -14,6 +14,7 @@ import pandas as pd
 
 from enrichment_pipeline.core.cowrie_log import SourceIpActivity
 from enrichment_pipeline.core.cymru import BulkLookupResult, CymruAnswer, CymruOrigin
+from enrichment_pipeline.core.day_files import DAY_COLUMN
 from enrichment_pipeline.core.freshness import (
     ASN_BUILD_KEY,
     CITY_BUILD_KEY,
@@ -67,6 +68,24 @@ CYMRU_COLUMNS = {
     "error": "string",
 }
 CYMRU_ROUTED, CYMRU_UNROUTED, CYMRU_FAILED = "routed", "unrouted", "failed"
+
+
+def with_day(frame: pd.DataFrame, day: str) -> pd.DataFrame:
+    """`frame` with a leading `day` column: the rows of one day of a (possibly multi-day) asset output."""
+    return pd.concat([pd.DataFrame({DAY_COLUMN: pd.array([day] * len(frame), dtype="string")}), frame], axis=1)
+
+
+def for_days(per_ip: pd.DataFrame, days_of_ips: pd.DataFrame) -> pd.DataFrame:
+    """The answers of a pass over distinct IPs, repeated for each (day, ip) of `days_of_ips`: a range run
+    asks once per IP, and each day still gets its own rows."""
+    pairs = days_of_ips[[DAY_COLUMN, "ip"]]
+    return pairs.merge(per_ip, on="ip", how="inner", validate="many_to_one").reset_index(drop=True)
+
+
+def distinct_ips(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per IP of a per-day frame, without its `day` column (the answers are the same every day)."""
+    per_ip = frame.drop(columns=[DAY_COLUMN]) if DAY_COLUMN in frame.columns else frame
+    return per_ip.drop_duplicates("ip").reset_index(drop=True)
 
 
 def _frame(rows: Iterable[dict], columns: dict[str, str]) -> pd.DataFrame:

@@ -9,11 +9,13 @@ from enrichment_pipeline.resources.freshness import FreshnessResource
 from enrichment_pipeline.resources.greynoise import GreyNoiseResource
 from enrichment_pipeline.resources.inventory import InventoryDatabase
 from enrichment_pipeline.resources.maxmind import MaxMindResource
+from enrichment_pipeline.resources.parquet_io_manager import DailyParquetIOManager
 from enrichment_pipeline.settings import env_float, env_int, env_str
 
 __all__ = [
     "CowrieLogDirectory",
     "CymruResource",
+    "DailyParquetIOManager",
     "FreshnessResource",
     "GreyNoiseResource",
     "InventoryDatabase",
@@ -36,6 +38,7 @@ def build_resources(*, resolved: bool = False) -> dict[str, Any]:
         return env_int(name, resolved=resolved)
 
     return {
+        "io_manager": DailyParquetIOManager(base_dir=text("ENRICHMENT_STORAGE_DIR")),
         "cowrie_logs": CowrieLogDirectory(log_dir=text("COWRIE_LOG_DIR")),
         "maxmind": MaxMindResource(city_db=text("GEOIP_CITY_DB"), asn_db=text("GEOIP_ASN_DB")),
         "cymru": CymruResource(
