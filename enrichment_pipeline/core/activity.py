@@ -31,7 +31,7 @@ _TZINFO = operator.attrgetter("tzinfo")
 
 
 class Event(msgspec.Struct, gc=False):
-    """The three fields of a Cowrie event that the activity needs.
+    """The fields of a Cowrie event that the activity needs.
 
     msgspec decodes whole blocks of lines straight into these, in C, skipping every other field (most of
     a line's bytes) without building it. `timestamp` is the moment msgspec parsed (RFC 3339); a line read
@@ -42,6 +42,7 @@ class Event(msgspec.Struct, gc=False):
     src_ip: Any = msgspec.UNSET  # UNSET: the key is absent (None is a JSON null)
     session: Any = None
     timestamp: datetime.datetime | None = None
+    sensor: Any = None  # the honeypot's name, for a log several sensors wrote into
 
 
 class SourceIpActivity(msgspec.Struct, gc=False):
@@ -52,6 +53,38 @@ class SourceIpActivity(msgspec.Struct, gc=False):
     event_count: int
     first_seen: datetime.datetime | None
     last_seen: datetime.datetime | None
+
+
+def combined(parts: Iterable[Sequence[SourceIpActivity]]) -> list[SourceIpActivity]:
+    """One row per IP over several sensors' activity of a day: sessions and events add up (a session
+    belongs to one sensor), first and last seen are the earliest and latest; ordered by IP text."""
+    parts = [part for part in parts if part]
+    if len(parts) <= 1:
+        return list(parts[0]) if parts else []
+    merged: dict[str, SourceIpActivity] = {}
+    for part in parts:
+        for row in part:
+            seen = merged.get(row.ip)
+            merged[row.ip] = (
+                row
+                if seen is None
+                else SourceIpActivity(
+                    row.ip,
+                    seen.session_count + row.session_count,
+                    seen.event_count + row.event_count,
+                    _earliest(seen.first_seen, row.first_seen),
+                    _latest(seen.last_seen, row.last_seen),
+                )
+            )
+    return [merged[ip] for ip in sorted(merged)]
+
+
+def _earliest(a: datetime.datetime | None, b: datetime.datetime | None) -> datetime.datetime | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _latest(a: datetime.datetime | None, b: datetime.datetime | None) -> datetime.datetime | None:
+    return b if a is None else a if b is None else max(a, b)
 
 
 # (line number, what, offending value): how skipped values reach the reader's samples.

@@ -1,6 +1,6 @@
-"""Streaming reader for one day of Cowrie JSON logs (`cowrie.json.YYYY-MM-DD[.gz]`).
-Owns the file-naming rule, the reading of blocks and lines, the per-line parsing policy and the skip
-counters; the per-IP counting rules live in `core.activity`."""
+"""Streaming reader for one rotated Cowrie JSON log (`cowrie.json.YYYY-MM-DD[.gz]`).
+Owns the reading of blocks and lines, the per-line parsing policy and the skip counters; the per-IP counting
+rules live in `core.activity`, where the files of a day are in `core.log_layout`."""
 
 from __future__ import annotations
 
@@ -20,8 +20,15 @@ from typing import Any, BinaryIO
 import msgspec
 import orjson
 
-from enrichment_pipeline.core.activity import ActivityTally, Event, SourceIpActivity
+from enrichment_pipeline.core.activity import ActivityTally, Event, SourceIpActivity, combined
 from enrichment_pipeline.core.gc_pause import cyclic_gc_paused
+from enrichment_pipeline.core.log_layout import (
+    LOG_DIR_ENV_VAR,
+    CowrieLogError,
+    CowrieLogNotFound,
+    day_log_path,
+    sensor_name,
+)
 
 __all__ = [
     "LOG_DIR_ENV_VAR",
@@ -34,7 +41,6 @@ __all__ = [
     "read_day_log",
 ]
 
-LOG_DIR_ENV_VAR = "COWRIE_LOG_DIR"
 
 _log = logging.getLogger(__name__)
 
@@ -49,14 +55,6 @@ _DRAIN_BYTES = 1 << 16
 _MAX_SAMPLES = 5
 _MAX_SAMPLE_CHARS = 120
 _READ_ERRORS = (OSError, EOFError, zlib.error)  # gzip.BadGzipFile is an OSError
-
-
-class CowrieLogError(Exception):
-    """The whole day's log is unreadable."""
-
-
-class CowrieLogNotFound(CowrieLogError):
-    """No log file exists for the requested day."""
 
 
 @dataclass
@@ -86,40 +84,31 @@ class LogReadStats:
 
 @dataclass
 class DayLog:
-    sources: list[SourceIpActivity]
+    sources: list[SourceIpActivity]  # per IP, summed over the file's sensors
     stats: LogReadStats
+    by_sensor: dict[str, list[SourceIpActivity]] = field(default_factory=dict)
 
 
-def day_log_path(log_dir: str | os.PathLike[str], day: datetime.date) -> pathlib.Path:
-    """The rotated log of `day`: the plain file Cowrie wrote if present, else its gzipped copy."""
-    plain = pathlib.Path(log_dir) / f"cowrie.json.{day.isoformat()}"
-    gzipped = plain.with_name(plain.name + ".gz")
-    for candidate in (plain, gzipped):
-        if candidate.exists():
-            return candidate
-    raise CowrieLogNotFound(
-        f"no Cowrie log for {day.isoformat()}: neither {plain} nor {gzipped} exists"
-        f" (the directory comes from the {LOG_DIR_ENV_VAR} environment variable)"
-    )
-
-
-def read_day_log(path: str | os.PathLike[str], *, max_line_bytes: int = 16 * 1024 * 1024) -> DayLog:
+def read_day_log(
+    path: str | os.PathLike[str], *, sensor: str | None = None, max_line_bytes: int = 16 * 1024 * 1024
+) -> DayLog:
     """Summarise the distinct source IPs of one log file, streaming it line by line.
 
-    Bad lines and values are counted in `DayLog.stats` and skipped; only a file that cannot be read at all
-    raises `CowrieLogError`.
+    `sensor` names the honeypot that wrote the file (its directory in the per-sensor layout); without it,
+    each event's own `sensor` field does (`log_layout.sensor_name`). Bad lines and values are counted in
+    `DayLog.stats` and skipped; only a file that cannot be read at all raises `CowrieLogError`.
     """
     if max_line_bytes < 1:
         raise ValueError(f"max_line_bytes must be positive, got {max_line_bytes}")
     path = pathlib.Path(path)
-    reader = _DayReader(path, max_line_bytes)
+    reader = _DayReader(path, max_line_bytes, sensor)
     with _opened_log(path) as stream, cyclic_gc_paused():
         reader.read(stream)
-        sources = reader.activity.sources()
+        by_sensor = {name: tally.sources() for name, tally in sorted(reader.tallies.items())}
     stats = reader.stats
     if stats.skipped_lines or stats.invalid_src_ip or stats.bad_timestamp or stats.read_error:
         _log.warning("%s: skipped or rejected input: %s", path, stats)
-    return DayLog(sources=sources, stats=stats)
+    return DayLog(sources=combined(by_sensor.values()), stats=stats, by_sensor=by_sensor)
 
 
 @contextlib.contextmanager
@@ -187,12 +176,13 @@ class _DayReader:
     their events to one `ActivityTally`, so they cannot disagree about what an event contributes.
     """
 
-    def __init__(self, path: pathlib.Path, max_line_bytes: int) -> None:
+    def __init__(self, path: pathlib.Path, max_line_bytes: int, sensor: str | None) -> None:
         self.stats = LogReadStats(path=str(path))
         self._path = path
         self._limit = max_line_bytes + 1  # room for the newline: a full read without one is oversized
         self._lines = 0  # lines read so far, so also the number of the last one
-        self.activity = ActivityTally(self.stats.add_sample)
+        self._sensor = sensor  # None: each event names its sensor
+        self.tallies: dict[str, ActivityTally] = {}
 
     def read(self, stream: BinaryIO) -> None:
         # Reads never exceed the line limit, so every whole line inside a block is within it; the
@@ -214,9 +204,37 @@ class _DayReader:
         stats = self.stats
         stats.lines = self._lines
         stats.events = self._lines - stats.skipped_lines
-        stats.missing_src_ip = self.activity.without_ip
-        stats.invalid_src_ip = self.activity.invalid_ip
-        stats.bad_timestamp = self.activity.bad_timestamps
+        tallies = self.tallies.values()
+        stats.missing_src_ip = sum(tally.without_ip for tally in tallies)
+        stats.invalid_src_ip = sum(tally.invalid_ip for tally in tallies)
+        stats.bad_timestamp = sum(tally.bad_timestamps for tally in tallies)
+
+    def _tally(self, sensor: str) -> ActivityTally:
+        tally = self.tallies.get(sensor)
+        if tally is None:
+            tally = self.tallies[sensor] = ActivityTally(self.stats.add_sample)
+        return tally
+
+    def _add_block(self, events: list[Event], first: int) -> None:
+        """A decoded block, to its sensor's tally: a whole block when one sensor wrote it (nearly always)."""
+        if self._sensor is not None:
+            self._tally(self._sensor).add_block(events, first)
+            return
+        named = {event.sensor for event in events if type(event.sensor) is str}
+        if len(named) <= 1 and all(type(event.sensor) is str for event in events):
+            self._tally(sensor_name(next(iter(named), None))).add_block(events, first)
+        else:  # several honeypots in one file: each event to its own sensor
+            self._add_numbered(list(enumerate(events, first)))
+
+    def _add_numbered(self, numbered: list[tuple[int, Event]]) -> None:
+        if self._sensor is not None:
+            self._tally(self._sensor).add_numbered(numbered)
+            return
+        by_sensor: dict[str, list[tuple[int, Event]]] = {}
+        for pair in numbered:
+            by_sensor.setdefault(sensor_name(pair[1].sensor), []).append(pair)
+        for sensor, pairs in by_sensor.items():
+            self._tally(sensor).add_numbered(pairs)
 
     def _read_block(self, block: bytes) -> None:
         """Tally a block of whole lines: decoded at once if it can be, else line by line."""
@@ -224,15 +242,17 @@ class _DayReader:
         events = _decoded(block)
         if events is not None:
             self._lines += len(events)
-            self.activity.add_block(events, first)
+            self._add_block(events, first)
         else:
             lines = block.split(b"\n")
             lines.pop()  # the empty text after the block's final newline
             self._lines += len(lines)
-            self.activity.add_numbered(
-                (number, event)
-                for number, line in enumerate(lines, first)
-                if (event := self._parse_line(line, number, terminated=True)) is not None
+            self._add_numbered(
+                [
+                    (number, event)
+                    for number, line in enumerate(lines, first)
+                    if (event := self._parse_line(line, number, terminated=True)) is not None
+                ]
             )
 
     def _read_edge_line(self, line: bytes, readline: Callable[[int], bytes]) -> None:
@@ -245,7 +265,7 @@ class _DayReader:
             return
         event = self._parse_line(line, number, terminated=terminated)
         if event is not None:
-            self.activity.add_numbered(((number, event),))
+            self._add_numbered([(number, event)])
 
     def _skip_oversized(self, readline: Callable[[int], bytes], start: bytes, number: int) -> None:
         """Count a line longer than the limit and drain the rest of it in chunks, never holding it whole."""
@@ -270,7 +290,7 @@ class _DayReader:
         if type(timestamp) is str:
             with contextlib.suppress(ValueError):
                 timestamp = datetime.datetime.fromisoformat(timestamp)
-        return Event(value.get("src_ip", msgspec.UNSET), value.get("session"), timestamp)
+        return Event(value.get("src_ip", msgspec.UNSET), value.get("session"), timestamp, value.get("sensor"))
 
     def _parse_slowly(self, line: bytes, number: int, terminated: bool) -> object:
         """Second chance for a line orjson rejected; returns _UNPARSED after counting it as skipped.
