@@ -1,5 +1,6 @@
-"""The Cowrie log sensor on real temporary log directories: what it requests, what it never requests, and
-that its cursor stays small and loses nothing (the scan planner is also driven with synthetic file stats)."""
+"""The Cowrie log sensor on real temporary log directories: what it requests (one run for a single new day,
+one backfill for several), what it never requests, and that its cursor stays small and loses nothing (the
+scan planner is also driven with synthetic file stats)."""
 
 import gzip
 import os
@@ -8,14 +9,20 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from dagster import DefaultSensorStatus, SensorResult, SkipReason, build_sensor_context
+from dagster import (
+    AssetSelection,
+    DefaultSensorStatus,
+    RunRequest,
+    build_sensor_context,
+    define_asset_job,
+)
 
 from enrichment_pipeline.definitions import defs, enrich_day_job
 from enrichment_pipeline.resources import CowrieLogDirectory
 from enrichment_pipeline.sensors import (
     GRACE_NS,
     INTERVAL_ENV,
-    MAX_REQUESTS,
+    MAX_DAYS,
     SENSOR_NAME,
     SETTLE_NS,
     LogCursor,
@@ -23,6 +30,7 @@ from enrichment_pipeline.sensors import (
     build_log_sensor,
     plan_requests,
     scan_rotated_logs,
+    target_asset_keys,
 )
 
 AN_HOUR_AGO_NS = time.time_ns() - 3600 * 10**9
@@ -47,26 +55,51 @@ def write_log(
 
 
 class Sensor:
-    """Evaluates the project's sensor like the daemon does, carrying the cursor from tick to tick."""
+    """Evaluates the project's sensor as the code server does for the daemon (`evaluate_tick`, which also
+    validates and resolves the requests), carrying the cursor from tick to tick."""
 
     def __init__(self, log_dir: Path, cursor: str | None = None) -> None:
         self.definition = defs.resolve_sensor_def(SENSOR_NAME)
         self.log_dir = log_dir
         self.cursor = cursor
+        self.run_requests: list[RunRequest] = []
 
-    def tick(self) -> list[tuple[str, str]]:
-        """(partition key, run key) of every run requested by one evaluation."""
+    def tick(self) -> list[tuple[str, str | None]]:
+        """(partition key, run key) of every run requested by one evaluation; a backfill gives (day, None)
+        for each of its days (the same days for every asset of the job, or this fails)."""
         context = build_sensor_context(
-            cursor=self.cursor, resources={"cowrie_logs": CowrieLogDirectory(log_dir=str(self.log_dir))}
+            cursor=self.cursor,
+            resources={"cowrie_logs": CowrieLogDirectory(log_dir=str(self.log_dir))},
+            repository_def=REPOSITORY,
         )
-        result = self.definition(context)
-        if isinstance(result, SkipReason):
-            self.skip_message = result.skip_message
-            return []
-        assert isinstance(result, SensorResult)
-        self.cursor = result.cursor
-        self.skip_message = result.skip_reason.skip_message if result.skip_reason else None
-        return [(request.partition_key, request.run_key) for request in result.run_requests]
+        result = self.definition.evaluate_tick(context)
+        self.cursor = result.cursor or self.cursor
+        self.skip_message = result.skip_message
+        self.run_requests = list(result.run_requests or [])
+        requested: list[tuple[str, str | None]] = []
+        for request in self.run_requests:
+            if request.requires_backfill_daemon():
+                requested += [(day, None) for day in backfill_days(request)]
+            else:
+                requested.append((request.partition_key, request.run_key))
+        return requested
+
+
+REPOSITORY = defs.get_repository_def()
+JOB_ASSETS = {key.to_user_string() for key in enrich_day_job.selection.resolve(REPOSITORY.asset_graph)}
+
+
+def backfill_days(request: RunRequest) -> list[str]:
+    """The days of a backfill request, checked to be the same for every asset of `enrich_day` and only those."""
+    subset = request.asset_graph_subset
+    assert subset is not None and not subset.non_partitioned_asset_keys
+    days = {
+        key.to_user_string(): sorted(part.get_partition_keys())
+        for key, part in subset.partitions_subsets_by_asset_key.items()
+    }
+    assert set(days) == JOB_ASSETS
+    (only,) = {tuple(keys) for keys in days.values()}
+    return list(only)
 
 
 def version_key(path: Path, day: str) -> str:
@@ -79,18 +112,127 @@ def test_each_rotated_day_is_requested_once_and_a_repeat_evaluation_requests_not
     gzipped = write_log(tmp_path, "cowrie.json.2018-05-07.gz")
     sensor = Sensor(tmp_path)
 
-    assert sorted(sensor.tick()) == [
-        ("2018-05-06", version_key(plain, "2018-05-06")),
-        ("2018-05-07", version_key(gzipped, "2018-05-07")),
-    ]
+    assert sensor.tick() == [("2018-05-06", None), ("2018-05-07", None)]  # two days: one backfill
+    # No run key on a backfill: the cursor keeps both file versions, so neither is requested again.
+    edge = LogCursor.from_json(sensor.cursor).edge
+    assert {version_key(plain, "2018-05-06"), version_key(gzipped, "2018-05-07")} <= edge
     assert sensor.tick() == []
     assert sensor.tick() == []
     assert len(sensor.cursor) < 400
 
 
-def test_the_sensor_targets_the_daily_job_and_runs_by_default():
+def test_a_bulk_drop_of_ten_days_is_one_backfill_of_exactly_those_days_for_every_asset_of_the_job(tmp_path):
+    days = [(date(2018, 5, 6) + timedelta(days=n)).isoformat() for n in range(10)]
+    for n, day in enumerate(days):
+        write_log(tmp_path, f"cowrie.json.{day}" + (".gz" if n % 2 else ""))
+    write_log(tmp_path, "cowrie.json.2018-06-01", mtime_ns=None)  # still being copied: not in it
+    sensor = Sensor(tmp_path)
+
+    assert sensor.tick() == [(day, None) for day in days]
+    (backfill,) = sensor.run_requests  # one request, no per-day runs
+    assert backfill.requires_backfill_daemon()
+    assert backfill.run_key is None and backfill.partition_key is None
+    assert {"merged_inventory", "daily_report", "cowrie_source_ips", "cymru_bulk_results"} <= JOB_ASSETS
+    assert (
+        backfill.tags.items()
+        >= {
+            "enrichment/trigger": SENSOR_NAME,
+            "enrichment/backfill_days": "10",
+            "enrichment/day_range": "2018-05-06..2018-05-15",
+            "dagster/sensor_name": SENSOR_NAME,
+        }.items()
+    )
+
+    os.utime(tmp_path / "cowrie.json.2018-06-01", ns=(AN_HOUR_AGO_NS, AN_HOUR_AGO_NS))  # the copy finished
+    assert [day for day, _ in sensor.tick()] == ["2018-06-01"]  # one day: a run
+
+
+def test_a_repeat_evaluation_with_the_cursor_after_a_backfill_requests_nothing(tmp_path):
+    for n in range(10):
+        write_log(tmp_path, f"cowrie.json.{(date(2018, 5, 6) + timedelta(days=n)).isoformat()}")
+    first = Sensor(tmp_path)
+    assert len(first.tick()) == 10
+    assert [request.requires_backfill_daemon() for request in first.run_requests] == [True]
+
+    # The daemon stores the cursor and evaluates again, in a new process as far as the sensor knows.
+    again = Sensor(tmp_path, cursor=first.cursor)
+    assert again.tick() == [] and again.run_requests == []
+    assert again.tick() == []
+    assert len(again.cursor) < 1_000
+
+
+def test_a_single_new_day_is_still_one_run_with_its_run_key(tmp_path):
+    for n in range(3):
+        write_log(tmp_path, f"cowrie.json.2018-05-0{n + 1}")
+    sensor = Sensor(tmp_path)
+    assert len(sensor.tick()) == 3
+    assert [request.requires_backfill_daemon() for request in sensor.run_requests] == [True]
+
+    single = write_log(tmp_path, "cowrie.json.2018-05-09.gz")
+    assert sensor.tick() == [("2018-05-09", version_key(single, "2018-05-09"))]
+    (run,) = sensor.run_requests
+    assert not run.requires_backfill_daemon()
+    assert (
+        run.tags.items()
+        >= {
+            "enrichment/trigger": SENSOR_NAME,
+            "cowrie/log_file": "cowrie.json.2018-05-09.gz",
+            "dagster/partition": "2018-05-09",
+        }.items()
+    )
+    # The job's assets and all their checks (as the implicit asset job: an asset-selection sensor's runs are).
+    assert {key.to_user_string() for key in run.asset_selection} == JOB_ASSETS
+    assert set(run.asset_check_keys) == enrich_day_job.selection.resolve_checks(REPOSITORY.asset_graph)
+    assert sensor.tick() == []
+
+
+def test_a_drop_larger_than_the_cap_is_one_backfill_per_evaluation_and_each_day_once(tmp_path):
+    days = [(date(2018, 5, 1) + timedelta(days=n)).isoformat() for n in range(MAX_DAYS + 40)]
+    for day in days:
+        write_log(tmp_path, f"cowrie.json.{day}")
+    sensor = Sensor(tmp_path)
+    batches = []
+    for _ in range(3):
+        batches.append([day for day, _ in sensor.tick()])
+        assert len(sensor.run_requests) <= 1
+    assert [len(batch) for batch in batches] == [MAX_DAYS, 40, 0]
+    assert sorted(batches[0] + batches[1]) == days
+    # Fresh ctimes (a copy just now): the edge holds every key requested until the watermark passes them.
+    assert len(sensor.cursor) < 50 * (MAX_DAYS + 40)
+
+
+def test_a_backfill_runs_exactly_the_checks_of_the_job():
+    graph = REPOSITORY.asset_graph
+    keys = target_asset_keys(enrich_day_job, graph)
+    assert {key.to_user_string() for key in keys} == JOB_ASSETS
+    # A backfill runs every check on its assets: the job selects exactly those, the per-day checks among them.
+    assert enrich_day_job.selection.resolve_checks(graph) == graph.get_check_keys_for_assets(keys)
+    assert {check.name for check in graph.get_check_keys_for_assets(keys)} >= {
+        "every_ingested_ip_in_inventory",
+        "asn_coverage",
+        "no_failed_cymru_batches",
+        "no_failed_greynoise_lookups",
+    }
+
+    without_a_check = define_asset_job(
+        "without_a_check", selection=enrich_day_job.selection - AssetSelection.checks_for_assets("merged_inventory")
+    )
+    with pytest.raises(ValueError, match="every_ingested_ip_in_inventory"):
+        target_asset_keys(without_a_check, graph)
+
+
+def test_a_hand_built_context_without_the_repository_is_refused_with_a_hint(tmp_path):
+    write_log(tmp_path, "cowrie.json.2018-05-06")
+    context = build_sensor_context(resources={"cowrie_logs": CowrieLogDirectory(log_dir=str(tmp_path))})
+    with pytest.raises(ValueError, match="asset graph"):
+        defs.resolve_sensor_def(SENSOR_NAME)(context)
+
+
+def test_the_sensor_targets_the_assets_of_the_daily_job_and_runs_by_default():
     sensor = defs.resolve_sensor_def(SENSOR_NAME)
-    assert sensor.job_name == "enrich_day"
+    # The job's selection (Dagster takes backfill requests only from an asset-selection sensor).
+    graph = REPOSITORY.asset_graph
+    assert sensor.asset_selection.resolve(graph) == enrich_day_job.selection.resolve(graph)
     assert sensor.default_status == DefaultSensorStatus.RUNNING
     assert sensor.minimum_interval_seconds == 60
 
@@ -99,7 +241,7 @@ def test_a_grown_or_replaced_file_is_requested_again_for_its_day_only(tmp_path):
     grown = write_log(tmp_path, "cowrie.json.2018-05-06")
     write_log(tmp_path, "cowrie.json.2018-05-07")
     sensor = Sensor(tmp_path)
-    assert len(sensor.tick()) == 2
+    assert len(sensor.tick()) == 2  # one backfill of both days
 
     with grown.open("a") as stream:
         stream.write('{"eventid": "cowrie.session.closed"}\n')
@@ -210,7 +352,7 @@ def drain(logs: list[RotatedLog], cursor: LogCursor, scan_ns: int = LATER_NS) ->
         cursor = plan.cursor
         if not plan.requests:
             return requested, cursor, evaluations
-        assert len(plan.requests) <= MAX_REQUESTS
+        assert len(plan.requests) <= MAX_DAYS
         requested += [log.run_key for log in plan.requests]
 
 
@@ -219,7 +361,7 @@ def test_thousands_of_files_are_requested_in_bounded_batches_each_exactly_once_a
     logs = [synthetic(n, 10**18 + (n // 700) * 10**9) for n in range(2_500)]
     requested, cursor, evaluations = drain(logs, LogCursor())
     assert sorted(requested) == sorted(log.run_key for log in logs)
-    assert evaluations == 2_500 // MAX_REQUESTS + 1
+    assert evaluations == 2_500 // MAX_DAYS + 1 + 1  # the last, partial batch, then the one finding nothing
 
     # Caught up: the cursor is the watermark plus the keys tied at it, not the whole history.
     assert cursor.watermark_ns == max(log.ctime_ns for log in logs)
