@@ -33,6 +33,8 @@ if TYPE_CHECKING:  # what define_asset_job returns; not exported by dagster
 SCHEDULE_NAME = "enrich_day_schedule"
 CRON_ENV, TIMEZONE_ENV = "ENRICHMENT_SCHEDULE_CRON", "ENRICHMENT_SCHEDULE_TZ"
 DAY_DONE_ASSET = merged_inventory.key  # its materialization means "this day is in the inventory"
+_RANGE_START, _RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
+_UNFINISHED_RUNS_LOOKED_AT = 200  # the queue is short: a few runs per backfill slot
 _UNFINISHED = [
     DagsterRunStatus.QUEUED,
     DagsterRunStatus.NOT_STARTED,
@@ -71,6 +73,12 @@ def day_already_covered(instance: DagsterInstance, day: str) -> str | None:
     if active:
         run = active[0].dagster_run
         return f"a run for {day} is already {run.status.value.lower()} ({run.run_id})"
+    # A batched backfill run covers a range of days (its tags name the first and the last).
+    for record in instance.get_run_records(RunsFilter(statuses=_UNFINISHED), limit=_UNFINISHED_RUNS_LOOKED_AT):
+        run = record.dagster_run
+        first, last = run.tags.get(_RANGE_START), run.tags.get(_RANGE_END)
+        if first and last and first <= day <= last:
+            return f"a run for {first}..{last} is already {run.status.value.lower()} ({run.run_id})"
     return None
 
 

@@ -90,3 +90,18 @@ def test_a_day_already_in_the_inventory_or_being_run_is_skipped(schedule):
         skipped = tick(schedule, when, instance)
         assert isinstance(skipped, SkipReason) and "already in the inventory" in skipped.skip_message
         assert isinstance(tick(schedule, datetime(2018, 5, 9, 0, 30, tzinfo=UTC), instance), RunRequest)
+
+
+def test_a_day_inside_a_running_backfill_range_is_skipped(schedule):
+    when = datetime(2018, 5, 8, 0, 30, tzinfo=UTC)
+    with instance_for_test() as instance:
+        range_tags = {
+            "dagster/asset_partition_range_start": "2018-05-01",
+            "dagster/asset_partition_range_end": "2018-05-07",
+        }
+        run = create_run_for_test(instance, job_name="__ASSET_JOB", tags=range_tags, status=DagsterRunStatus.STARTED)
+        skipped = tick(schedule, when, instance)
+        assert isinstance(skipped, SkipReason) and run.run_id in skipped.skip_message
+        assert "2018-05-01..2018-05-07" in skipped.skip_message
+        # The next day is outside the range: requested.
+        assert isinstance(tick(schedule, datetime(2018, 5, 9, 0, 30, tzinfo=UTC), instance), RunRequest)
