@@ -11,6 +11,7 @@ from enrichment_pipeline.checks import (
 )
 from enrichment_pipeline.jobs import enrich_day_job, refresh_stale
 from enrichment_pipeline.resources import build_resources
+from enrichment_pipeline.run_reaper import dead_run_reaper
 from enrichment_pipeline.schedules import build_daily_schedule, refresh_stale_schedule
 from enrichment_pipeline.sensors import build_log_sensor
 
@@ -31,7 +32,7 @@ defs = Definitions(
     asset_checks=[every_ingested_ip_in_inventory, asn_coverage, no_failed_cymru_batches, no_failed_greynoise_lookups],
     jobs=[enrich_day_job, refresh_stale],
     schedules=[refresh_stale_schedule, build_daily_schedule(enrich_day_job)],
-    sensors=[build_log_sensor(enrich_day_job)],
+    sensors=[build_log_sensor(enrich_day_job), dead_run_reaper],
     resources=build_resources(),
     executor=in_process_by_default,
 )

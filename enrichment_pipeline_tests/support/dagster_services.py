@@ -66,6 +66,14 @@ class DagsterServices:
     def start_daemon(self) -> None:
         self._spawn("daemon", "dagster-daemon", "run", "-w", "workspace.yaml")
 
+    def crash_and_restart_daemon(self) -> None:
+        """SIGKILL the daemon's whole process group -- its code servers and the run workers they spawned die
+        with it, as when the daemon crashes or is OOM-killed -- then start a fresh daemon."""
+        process = self.processes.pop("daemon")
+        _signal_group(process, signal.SIGKILL)
+        process.wait(timeout=_STOP_TIMEOUT_S)
+        self.start_daemon()
+
     def stop(self) -> None:
         """SIGTERM each process group, then SIGKILL what is left; safe to call twice."""
         for process in self.processes.values():
@@ -93,7 +101,7 @@ class DagsterServices:
         return "\n".join(tails)
 
     def _spawn(self, name: str, executable: str, *args: str) -> None:
-        log = (self.home / f"{name}.log").open("wb")
+        log = (self.home / f"{name}.log").open("ab")  # a restarted service appends to its log
         try:
             self.processes[name] = subprocess.Popen(
                 [str(VENV_BIN / executable), *args],
@@ -188,6 +196,30 @@ class DagsterServices:
             )["startSensor"],
             "Sensor",
         )
+
+    def sensor_cursor(self, name: str) -> str | None:
+        selector = {**self.repository_selector(), "sensorName": name}
+        result = self.graphql(
+            "query($s: SensorSelector!) { sensorOrError(sensorSelector: $s) { __typename ... on Sensor {"
+            " sensorState { typeSpecificData { ... on SensorData { lastCursor } } } } ... on Error { message } } }",
+            {"s": selector},
+        )["sensorOrError"]
+        return self._expect_type(result, "Sensor")["sensorState"]["typeSpecificData"]["lastCursor"]
+
+    def launch_run(self, job_name: str, tags: Mapping[str, str]) -> str:
+        """The launchpad's 'Launch run' for a job with these tags (e.g. dagster/partition); the run id."""
+        selector = {**self.repository_selector(), "jobName": job_name}
+        result = self.graphql(
+            "mutation($p: ExecutionParams!) { launchRun(executionParams: $p) {"
+            " __typename ... on LaunchRunSuccess { run { runId } } ... on Error { message } } }",
+            {
+                "p": {
+                    "selector": selector,
+                    "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in tags.items()]},
+                }
+            },
+        )["launchRun"]
+        return self._expect_type(result, "LaunchRunSuccess")["run"]["runId"]
 
     def launch_asset_backfill(self, asset_keys: list[list[str]], partitions: list[str], title: str) -> str:
         """The UI's 'Materialize selected' over a partition range: an asset backfill; its id."""
