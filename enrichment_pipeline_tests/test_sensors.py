@@ -1,12 +1,15 @@
 """The Cowrie log sensor on real temporary log directories: what it requests (one run for a single new day,
 one backfill for several), what it never requests, and that its cursor stays small and loses nothing (the
-scan planner is also driven with synthetic file stats)."""
+scan planner is also driven with synthetic file stats); the same with one directory per sensor (a day once
+however many sensors hold it, a late sensor file, hostile directory names)."""
 
 import gzip
+import json
 import os
 import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from dagster import (
@@ -17,6 +20,7 @@ from dagster import (
     define_asset_job,
 )
 
+import enrichment_pipeline.sensors as sensors_module
 from enrichment_pipeline.definitions import defs, enrich_day_job
 from enrichment_pipeline.resources import CowrieLogDirectory
 from enrichment_pipeline.sensors import (
@@ -105,6 +109,13 @@ def backfill_days(request: RunRequest) -> list[str]:
 def version_key(path: Path, day: str) -> str:
     stat = path.stat()
     return f"{day}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def sensor_dir(log_dir: Path, name: str) -> Path:
+    """One sensor's directory under COWRIE_LOG_DIR (`<dir>/<sensor>/cowrie.json.YYYY-MM-DD[.gz]`)."""
+    directory = log_dir / name
+    directory.mkdir(exist_ok=True)
+    return directory
 
 
 def test_each_rotated_day_is_requested_once_and_a_repeat_evaluation_requests_nothing(tmp_path):
@@ -333,6 +344,155 @@ def test_the_minimum_interval_comes_from_the_environment(monkeypatch):
             build_log_sensor(enrich_day_job)
 
 
+# --- one directory per sensor ---------------------------------------------------------------------------------
+def test_each_sensor_directory_is_watched_and_a_day_several_sensors_hold_is_requested_once(tmp_path):
+    for sensor in ("alpha", "beta"):
+        for day in ("2018-05-06", "2018-05-07"):
+            write_log(sensor_dir(tmp_path, sensor), f"cowrie.json.{day}")
+    write_log(sensor_dir(tmp_path, "beta"), "cowrie.json.2018-05-07.gz")  # per directory the plain file wins
+    write_log(tmp_path, "cowrie.json.2018-05-07.gz")  # the flat layout next to them, the same day
+    sensor = Sensor(tmp_path)
+    assert sensor.tick() == [("2018-05-06", None), ("2018-05-07", None)]  # five files, one backfill, each day once
+    assert sorted(log.shown for log in scan_rotated_logs(tmp_path)) == [
+        "alpha/cowrie.json.2018-05-06",
+        "alpha/cowrie.json.2018-05-07",
+        "beta/cowrie.json.2018-05-06",
+        "beta/cowrie.json.2018-05-07",
+        "cowrie.json.2018-05-07.gz",
+    ]
+    assert [request.requires_backfill_daemon() for request in sensor.run_requests] == [True]
+    assert sensor.tick() == []
+    cursor = LogCursor.from_json(sensor.cursor)
+    assert len(cursor.edge) <= 2 and cursor.sensors == {"alpha", "beta"}  # a key per day, not per file
+
+    # A new day two sensors' files make: one run, its run key naming the versions of both files.
+    for sensor_name in ("alpha", "beta"):
+        write_log(tmp_path / sensor_name, "cowrie.json.2018-05-09")
+    ((day, key),) = sensor.tick()
+    assert day == "2018-05-09" and key is not None and key.startswith("2018-05-09#2:")
+    assert sensor.run_requests[0].tags["cowrie/log_file"] == (
+        "alpha/cowrie.json.2018-05-09, beta/cowrie.json.2018-05-09"
+    )
+    assert sensor.tick() == []
+
+    # A day one sensor holds: that file's key, with its sensor.
+    single = write_log(tmp_path / "alpha", "cowrie.json.2018-05-10.gz")
+    assert sensor.tick() == [("2018-05-10", "alpha/" + version_key(single, "2018-05-10"))]
+    assert sensor.tick() == []
+
+
+def test_a_late_sensor_file_requests_its_day_again_and_then_nothing(tmp_path):
+    day = "2018-05-08"
+    for sensor_name in ("alpha", "beta"):
+        write_log(sensor_dir(tmp_path, sensor_name), f"cowrie.json.{day}")
+    sensor = Sensor(tmp_path)
+    ((first, first_key),) = sensor.tick()
+    assert first == day
+    assert sensor.tick() == []
+
+    # gamma's file of that day arrives after it ran (mtime settled, ctime new): the day again, once.
+    write_log(sensor_dir(tmp_path, "gamma"), f"cowrie.json.{day}")
+    ((again, key),) = sensor.tick()
+    assert again == day and key not in {first_key, None}  # a new run key: Dagster does not skip it
+    assert f"gamma/cowrie.json.{day}" in sensor.run_requests[0].tags["cowrie/log_file"]
+    assert sensor.tick() == []
+
+    # The same for a late file in a directory already watched.
+    write_log(tmp_path / "alpha", "cowrie.json.2018-05-09")
+    assert [d for d, _ in sensor.tick()] == ["2018-05-09"]
+    write_log(tmp_path / "beta", "cowrie.json.2018-05-09")
+    assert [d for d, _ in sensor.tick()] == ["2018-05-09"]
+    assert sensor.tick() == []
+
+
+def test_a_day_waits_whole_while_one_sensors_file_of_it_is_still_being_copied(tmp_path):
+    write_log(sensor_dir(tmp_path, "alpha"), "cowrie.json.2018-05-06")
+    copying = write_log(sensor_dir(tmp_path, "beta"), "cowrie.json.2018-05-06", mtime_ns=None)
+    sensor = Sensor(tmp_path)
+    assert sensor.tick() == []  # not alpha's now and the day again for beta's
+    assert "beta/cowrie.json.2018-05-06" in sensor.skip_message
+
+    os.utime(copying, ns=(AN_HOUR_AGO_NS, AN_HOUR_AGO_NS))  # the copy finished
+    ((day, key),) = sensor.tick()
+    assert day == "2018-05-06" and key is not None and key.startswith("2018-05-06#2:")
+    assert sensor.tick() == []
+
+
+def test_hostile_directory_names_are_never_scanned_and_are_reported_escaped_and_bounded(tmp_path):
+    root, outside = tmp_path / "logs", tmp_path / "elsewhere"
+    root.mkdir()
+    outside.mkdir()
+    write_log(outside, "cowrie.json.2018-05-06")
+    write_log(outside, "cowrie.json.2018-05-08")
+    for name in (".hidden", "x" * 200, "new\nline"):  # `..` cannot be a directory entry
+        write_log(sensor_dir(root, name), "cowrie.json.2018-05-06")
+    (root / "escape").symlink_to(outside, target_is_directory=True)  # a sensor pointing out of COWRIE_LOG_DIR
+    good = sensor_dir(root, "good")
+    (good / "cowrie.json.2018-05-06").symlink_to(outside / "cowrie.json.2018-05-06")  # a log pointing out
+    (good / "cowrie.json.2018-05-08").symlink_to(good / "cowrie.json.2018-05-08")  # a loop: no file
+    write_log(sensor_dir(good, "nested"), "cowrie.json.2018-05-06")  # two levels down: never looked at
+    kept = write_log(good, "cowrie.json.2018-05-07")
+
+    sensor = Sensor(root)
+    assert sensor.tick() == [("2018-05-07", "good/" + version_key(kept, "2018-05-07"))]
+    assert [log.shown for log in scan_rotated_logs(root)] == ["good/cowrie.json.2018-05-07"]
+    assert sensor.tick() == []  # the evaluation succeeds, and says what it refused
+    message = sensor.skip_message
+    assert "\n" not in message and len(message) < 600
+    for shown in (".hidden", "escape", "new?line", "x" * 64 + "…", "good/cowrie.json.2018-05-06"):
+        assert shown in message
+    assert "x" * 65 not in message
+
+
+def test_a_symlink_loop_in_the_log_dir_skips_the_evaluation_keeps_the_cursor_and_loses_nothing(tmp_path):
+    # The ingest cannot list the sensor directories past it either (log_layout.sensor_directories raises).
+    write_log(sensor_dir(tmp_path, "alpha"), "cowrie.json.2018-05-06")
+    loop = tmp_path / "loop\nname"
+    loop.symlink_to(loop)
+    sensor = Sensor(tmp_path)
+    assert sensor.tick() == [] and sensor.cursor is None
+    assert "cannot list" in sensor.skip_message and "\n" not in sensor.skip_message
+
+    loop.unlink()
+    assert [day for day, _ in sensor.tick()] == ["2018-05-06"]
+
+
+def test_a_sensor_directory_renamed_into_place_is_requested_though_its_files_kept_their_old_ctimes(
+    tmp_path, monkeypatch
+):
+    # Evaluations an hour after the copies, so the watermark passes every file it has seen.
+    monkeypatch.setattr(sensors_module, "time", SimpleNamespace(time_ns=lambda: time.time_ns() + 3600 * 10**9))
+    staged = write_log(sensor_dir(tmp_path, ".incoming"), "cowrie.json.2018-05-06")  # rsync into a hidden dir
+    linked = write_log(sensor_dir(tmp_path, ".archive"), "cowrie.json.2018-05-08")
+    time.sleep(0.05)
+    write_log(sensor_dir(tmp_path, "alpha"), "cowrie.json.2018-05-07")
+    sensor = Sensor(tmp_path)
+    assert [day for day, _ in sensor.tick()] == ["2018-05-07"]
+    watermark = LogCursor.from_json(sensor.cursor).watermark_ns
+    assert watermark > max(staged.stat().st_ctime_ns, linked.stat().st_ctime_ns)
+
+    (tmp_path / ".incoming").rename(tmp_path / "gamma")  # then moved into place: its files keep their ctime
+    assert (tmp_path / "gamma" / staged.name).stat().st_ctime_ns < watermark
+    assert [day for day, _ in sensor.tick()] == ["2018-05-06"]
+    assert sensor.tick() == []
+    (tmp_path / "delta").symlink_to(tmp_path / ".archive", target_is_directory=True)  # a new link, inside
+    assert [day for day, _ in sensor.tick()] == ["2018-05-08"]
+    assert sensor.tick() == []
+    assert LogCursor.from_json(sensor.cursor).sensors == {"alpha", "delta", "gamma"}
+
+
+def test_a_cursor_from_before_adopts_the_sensor_directories_present(tmp_path):
+    write_log(sensor_dir(tmp_path, "alpha"), "cowrie.json.2018-05-06")
+    behind = time.time_ns() + 3600 * 10**9  # every file is older than this watermark
+    before = json.dumps({"v": 1, "ctime_ns": behind, "edge": []})  # written before sensors were watched
+    assert Sensor(tmp_path, cursor=before).tick() == []  # an upgrade requests nothing old again
+    knows_none = json.dumps({"v": 1, "ctime_ns": behind, "edge": [], "sensors": []})
+    assert [day for day, _ in Sensor(tmp_path, cursor=knows_none).tick()] == ["2018-05-06"]
+    for junk in ('"alpha"', "[1]", "{}"):  # an unreadable `sensors` starts over, like any unreadable cursor
+        cursor = f'{{"v": 1, "ctime_ns": {behind}, "edge": [], "sensors": {junk}}}'
+        assert len(Sensor(tmp_path, cursor=cursor).tick()) == 1
+
+
 # --- the planner with synthetic file stats ------------------------------------------------------------------
 FIRST, LAST = date(2018, 5, 1), date(2030, 1, 1)
 LATER_NS = 10**18 * 3  # a scan long after every synthetic change
@@ -395,3 +555,25 @@ def test_a_day_rotated_before_it_ended_in_utc_waits_and_holds_the_watermark_unti
     assert plan.cursor.watermark_ns <= early.ctime_ns
     later = plan_requests([early, other], plan.cursor, first_day=FIRST, last_day=early.day, scan_started_ns=LATER_NS)
     assert [log.run_key for log in later.requests] == [early.run_key]
+
+
+def test_the_cursor_keeps_one_key_per_day_however_many_sensors_wrote_it():
+    days = [FIRST + timedelta(days=n) for n in range(30)]
+    logs = [
+        RotatedLog(day, f"cowrie.json.{day.isoformat()}", 100 + s, 10**18 - 10**9, 10**18, f"sensor-{s:02}")
+        for s in range(50)
+        for day in days
+    ]  # 1,500 files, every ctime tied at the newest (one bulk copy on a coarse-timestamp filesystem)
+    plan = plan_requests(logs, LogCursor(), first_day=FIRST, last_day=LAST, scan_started_ns=LATER_NS)
+    assert sorted(request.day for request in plan.requests) == days
+    assert all(len(request.logs) == 50 for request in plan.requests)
+    assert plan.cursor.watermark_ns == 10**18 and len(plan.cursor.edge) == 30
+    assert len(plan.cursor.to_json()) < 30 * 40 + 50 * 15
+    again = plan_requests(logs, plan.cursor, first_day=FIRST, last_day=LAST, scan_started_ns=LATER_NS)
+    assert again.requests == [] and again.cursor == plan.cursor
+
+    grown = RotatedLog(days[4], logs[4].name, 999, 10**18, 10**18 + 1, "sensor-00")
+    changed = [grown if log == logs[4] else log for log in logs]
+    plan = plan_requests(changed, again.cursor, first_day=FIRST, last_day=LAST, scan_started_ns=LATER_NS)
+    assert [request.day for request in plan.requests] == [days[4]]
+    assert grown in plan.requests[0].changed and plan.requests[0].run_key not in again.cursor.edge
