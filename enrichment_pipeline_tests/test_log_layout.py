@@ -63,9 +63,10 @@ def test_hostile_directory_names_and_symlinks_out_of_the_log_dir_are_never_read(
     (root / long_name).mkdir()
     (root / "new\nline").mkdir()
     (root / "inside").symlink_to(root / "good", target_is_directory=True)  # stays inside: accepted
+    (root / "loop").symlink_to(root / "loop")  # a symlink loop is refused, not a crash
     sensors, rejected = sensor_directories(root)
     assert [name for name, _ in sensors] == ["good", "inside"]
-    assert len(rejected) == 4 and all(len(name) <= MAX_SENSOR_CHARS + 1 for name in rejected)
+    assert len(rejected) == 5 and all(len(name) <= MAX_SENSOR_CHARS + 1 for name in rejected)
     assert all("\n" not in name for name in rejected)
     with pytest.raises(CowrieLogNotFound):
         day_files(root, DAY)  # the only files of the day are outside, or hidden

@@ -73,13 +73,19 @@ def sensor_directories(log_dir: str | os.PathLike[str]) -> tuple[list[tuple[str,
     rejected: list[str] = []
     with os.scandir(root) as entries:
         for entry in entries:
-            if rotated_day(entry.name) is not None or not entry.is_dir():
+            try:
+                is_directory = entry.is_dir()
+                outside = entry.is_symlink() and not _inside(Path(entry.path).resolve(strict=True), root)
+            except (OSError, RuntimeError):  # a symlink loop or a dangling link: never a sensor
+                rejected.append(_shown(entry.name))
+                continue
+            if rotated_day(entry.name) is not None or not is_directory:
                 continue  # a flat-layout log, or a file
             if not SENSOR_DIRECTORY.fullmatch(entry.name):
                 rejected.append(_shown(entry.name))
                 continue
             path = Path(entry.path)
-            if entry.is_symlink() and not _inside(path.resolve(), root):
+            if outside:
                 rejected.append(_shown(entry.name))
                 continue
             sensors.append((entry.name, path))
