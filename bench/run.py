@@ -1,5 +1,7 @@
-"""`make bench`: generate the synthetic days, run the six measures of issue 7 and print one table
-(measure | value | reference | ratio | target | verdict); the table is also added to bench/RESULTS.md."""
+"""`make bench`: generate the synthetic days, run the six measures of issue 7, the year backfill through the
+daemon and the fixed cost of a run, and print one table (measure | value | reference | ratio | target | verdict);
+the table and the notes of the new measures (where the time goes, the profile) are also added to
+bench/RESULTS.md."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
 
-from bench import end_to_end, ingest, passes, synthetic_logs
+from bench import backfill_year, end_to_end, fixed_cost, ingest, passes, synthetic_logs
 from bench.measure import run_child
 from bench.table import (
     FAIL,
@@ -39,7 +41,7 @@ PARTITION_LATENCY_S = 5.0  # issue 7: the stand-in answers each bulk request aft
 # keeps the same request pattern and leaves the pipeline's own cost visible.
 SCALING_LATENCY_S = 0.5
 SCALING_SIZES = (1_000, 10_000, 100_000)
-GROUPS = ("passes", "ingest", "partition", "scaling")
+GROUPS = ("passes", "ingest", "partition", "scaling", "backfill", "fixed_cost")
 _GENERATOR_TIMEOUT_S = 300
 
 
@@ -155,8 +157,21 @@ def measure_scaling(repeats: int) -> list[Row]:
     return end_to_end.scaling_rows(runs, SCALING_LATENCY_S)
 
 
-def record(rows: Sequence[Row], started: datetime, wall_s: float, load_before: str) -> None:
-    """Put this run's table at the top of bench/RESULTS.md's list of runs."""
+def measure_backfill(notes: list[str]) -> list[Row]:
+    rows, more = backfill_year.backfill_rows(OUT_DIR)
+    notes += more
+    return rows
+
+
+def measure_fixed_cost(repeats: int, notes: list[str]) -> list[Row]:
+    small = synthetic_day(10, 10 * EVENTS_PER_IP)
+    rows, more = fixed_cost.fixed_cost_rows(small, DAY, 10, repeats, OUT_DIR)
+    notes += more
+    return rows
+
+
+def record(rows: Sequence[Row], started: datetime, wall_s: float, load_before: str, notes: Sequence[str] = ()) -> None:
+    """Put this run's table (and the measures' notes) at the top of bench/RESULTS.md's list of runs."""
     failed = [row.measure for row in rows if row.verdict == FAIL]
     entry = "\n".join(
         [
@@ -169,6 +184,7 @@ def record(rows: Sequence[Row], started: datetime, wall_s: float, load_before: s
             "",
             f"Targets missed: {'; '.join(failed)}." if failed else "All targets met.",
             "",
+            *([*notes, ""] if notes else []),
         ]
     )
     text = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else f"# Benchmark results\n\n{RUNS_MARKER}\n"
@@ -185,6 +201,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--partition-repeats", type=int, default=2, help="runs per end-to-end size up to 10k IPs (the fastest counts)"
     )
+    parser.add_argument(
+        "--fixed-cost-repeats", type=int, default=3, help="runs of the 10-IP day and of the floor (the median counts)"
+    )
     parser.add_argument("--no-record", action="store_true", help="do not add the table to bench/RESULTS.md")
     args = parser.parse_args(argv)
     chosen = [group.strip() for group in args.only.split(",") if group.strip()]
@@ -195,6 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     started, load_before, clock = datetime.now(UTC), load_average(), time.perf_counter()
     rows: list[Row] = []
+    notes: list[str] = []
     for group in GROUPS:
         if group in chosen:
             rows += {
@@ -202,12 +222,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "ingest": lambda: measure_ingest(args.repeats),
                 "partition": lambda: measure_partitions(args.partition_repeats),
                 "scaling": lambda: measure_scaling(args.partition_repeats),
+                "backfill": lambda: measure_backfill(notes),
+                "fixed_cost": lambda: measure_fixed_cost(args.fixed_cost_repeats, notes),
             }[group]()
     wall_s = time.perf_counter() - clock
     print(f"\nBenchmark {started:%Y-%m-%d %H:%M} UTC on {machine()} ({wall_s / 60:.1f} min)\n")
     print(text_table(rows))
+    if notes:
+        print("\n" + "\n".join(notes))
     if not args.no_record:
-        record(rows, started, wall_s, load_before)
+        record(rows, started, wall_s, load_before, notes)
         print(f"\nAdded to {RESULTS.relative_to(BENCH_DIR.parent)}")
     return 0  # a missed target is a result, shown as FAIL in the table; errors raise
 
