@@ -51,15 +51,26 @@ def summarize(enrichment: Mapping[str, Any]) -> Summary:
     """
     maxmind = _source(enrichment, "maxmind")
     cymru = _source(enrichment, "cymru")
-
-    asn, asn_org = _as_asn(maxmind.get("asn")), _as_text(maxmind.get("asn_org"))
-    if asn is None and cymru.get("status") == "routed":
-        asn, asn_org = _as_asn(cymru.get("asn")), _as_text(cymru.get("as_name"))
-    if asn is None:
-        asn_org = None
-
+    _, asn, asn_org = _asn_answer(maxmind, cymru)
     country = _as_country(maxmind.get("country_code")) or _as_country(cymru.get("country_code"))
     return Summary(asn=asn, asn_org=asn_org, country_code=country)
+
+
+def asn_source(enrichment: Mapping[str, Any]) -> str | None:
+    """Which source gave the ASN `summarize` reports: "maxmind", "cymru" (the fallback), None for no ASN."""
+    return _asn_answer(_source(enrichment, "maxmind"), _source(enrichment, "cymru"))[0]
+
+
+def _asn_answer(maxmind: Mapping[str, Any], cymru: Mapping[str, Any]) -> tuple[str | None, int | None, str | None]:
+    """(source, ASN, organisation): MaxMind's valid ASN first, else a routed Cymru answer's."""
+    asn = _as_asn(maxmind.get("asn"))
+    if asn is not None:
+        return "maxmind", asn, _as_text(maxmind.get("asn_org"))
+    if cymru.get("status") == "routed":
+        asn = _as_asn(cymru.get("asn"))
+        if asn is not None:
+            return "cymru", asn, _as_text(cymru.get("as_name"))
+    return None, None, None
 
 
 def maxmind_asn(enrichment: Mapping[str, Any]) -> int | None:

@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Connection,
     Date,
@@ -61,6 +62,14 @@ def among(dialect_name: str, key: ColumnElement[Any], values: Iterable[str]) -> 
     array = bindparam(None, dump_json(list(values)), type_=Text)
     if _supported(dialect_name) == "postgresql":
         return key.in_(select(func.json_array_elements_text(cast(array, JSON))))
+    return key.in_(select(func.json_each(array).table_valued("value").c.value))
+
+
+def among_integers(dialect_name: str, key: ColumnElement[Any], values: Iterable[int]) -> ColumnElement[bool]:
+    """`key IN (values)` for an integer column (an ASN), the values bound as one JSON array like `among`."""
+    array = bindparam(None, dump_json(sorted({int(value) for value in values})), type_=Text)
+    if _supported(dialect_name) == "postgresql":
+        return key.in_(select(cast(func.json_array_elements_text(cast(array, JSON)), BigInteger)))
     return key.in_(select(func.json_each(array).table_valued("value").c.value))
 
 

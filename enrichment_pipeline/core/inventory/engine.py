@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
 
 from enrichment_pipeline.core.inventory import bulk_sql
@@ -26,6 +26,14 @@ def make_engine(url: str) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         return _make_sqlite_engine(parsed)
     return create_engine(parsed, pool_pre_ping=True, json_serializer=bulk_sql.dump_json, json_deserializer=orjson.loads)
+
+
+def lock_inventory(conn: Connection) -> None:
+    """Inside a `write_transaction`: the inventory's write lock, taken before anything is read. SQLite writers
+    are already serialised by BEGIN IMMEDIATE; on PostgreSQL this mode conflicts with itself (one writer at a
+    time) but not with plain readers."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("LOCK TABLE ip_inventory IN SHARE ROW EXCLUSIVE MODE"))
 
 
 @contextmanager

@@ -1,6 +1,8 @@
-"""The inventory's schema: every table the project owns, its column types and `create_schema`.
+"""The inventory's schema: every table the project owns and its column types
+(`migrations.create_schema` creates them and upgrades older databases).
 `ip_inventory` (one row per IP), `ip_daily_activity` (what each day contributed), `enrichment_failures`
-(the retry list) and `greynoise_daily_usage` (the GreyNoise request budget shared by all runs)."""
+(the retry list), `greynoise_daily_usage` (the GreyNoise request budget shared by all runs), `asn_inventory`
+(one row per ASN), `ip_asn_history` (each IP's ASNs over time) and `schema_version` (the upgrades applied)."""
 
 from __future__ import annotations
 
@@ -18,21 +20,13 @@ from sqlalchemy import (
     Date,
     DateTime,
     Dialect,
-    Engine,
     Index,
     Integer,
     String,
     Table,
-    func,
-    select,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
-
-from enrichment_pipeline.core.inventory.engine import write_transaction
-
-# pg_advisory_xact_lock key serialising concurrent create_schema calls on PostgreSQL.
-_SCHEMA_LOCK_KEY = 0x1F_1A7E_5C4E
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -178,16 +172,57 @@ class GreyNoiseDailyUsage(Base):
     requests: Mapped[int] = mapped_column(Integer, nullable=False)
 
 
+class AsnInventory(Base):
+    """One row per ASN that is some inventory IP's `current_asn`: always what `asns.recompute_asn_rows`
+    computes from `ip_inventory` + `ip_daily_activity` (rewritten in the upserts' transactions)."""
+
+    __tablename__ = "asn_inventory"
+    __table_args__ = (
+        CheckConstraint("ip_count >= 1", name="ck_asn_inventory_ip_count"),
+        Index("ix_asn_inventory_last_seen", "last_seen"),
+    )
+
+    asn: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    asn_org: Mapped[str | None] = mapped_column(String)  # the most common among its IPs, ties by text
+    country_code: Mapped[str | None] = mapped_column(String(2))  # likewise
+    registry: Mapped[str | None] = mapped_column(String)  # likewise, from its IPs' Cymru answers naming it
+    first_seen: Mapped[datetime | None] = mapped_column(UtcDateTime)  # over its IPs' activity
+    last_seen: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    ip_count: Mapped[int] = mapped_column(Integer, nullable=False)  # IPs whose current_asn is this ASN
+    session_count: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    event_count: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, nullable=False)  # when a value last changed
+
+
+class IpAsnHistory(Base):
+    """Each IP's ASNs over time: row `seq` 1 is its first ASN, each later row a change to another ASN; a
+    repeated answer extends the latest row's `last_observed_at` (the rule: `asns.history_changes`)."""
+
+    __tablename__ = "ip_asn_history"
+    __table_args__ = (CheckConstraint("seq >= 1", name="ck_ip_asn_history_seq"),)
+
+    ip_address: Mapped[str] = mapped_column(String(45), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    asn: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    asn_org: Mapped[str | None] = mapped_column(String)
+    source: Mapped[str] = mapped_column(String(16), nullable=False)  # maxmind | cymru: what gave the ASN
+    first_observed_at: Mapped[datetime] = mapped_column(UtcDateTime, nullable=False)
+    last_observed_at: Mapped[datetime] = mapped_column(UtcDateTime, nullable=False)
+
+
+class SchemaVersion(Base):
+    """The in-place upgrades applied to this database, one row each (see `migrations`)."""
+
+    __tablename__ = "schema_version"
+
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    applied_at: Mapped[datetime] = mapped_column(UtcDateTime, nullable=False)
+
+
 INVENTORY = typing_cast(Table, IpInventory.__table__)
 DAILY_ACTIVITY = typing_cast(Table, IpDailyActivity.__table__)
 FAILURES = typing_cast(Table, EnrichmentFailure.__table__)
 GREYNOISE_USAGE = typing_cast(Table, GreyNoiseDailyUsage.__table__)
-
-
-def create_schema(engine: Engine) -> None:
-    """Create every table and index that is missing; safe to call from concurrent runs."""
-    with write_transaction(engine) as conn:
-        if conn.dialect.name == "postgresql":
-            # Two first runs would otherwise race to CREATE the same tables.
-            conn.execute(select(func.pg_advisory_xact_lock(_SCHEMA_LOCK_KEY)))
-        Base.metadata.create_all(conn)
+ASN_INVENTORY = typing_cast(Table, AsnInventory.__table__)
+ASN_HISTORY = typing_cast(Table, IpAsnHistory.__table__)
+SCHEMA_VERSION = typing_cast(Table, SchemaVersion.__table__)

@@ -1,5 +1,6 @@
 """The inventory's writes: a day's upsert (its activity replaced, the source answers merged, the totals
-recomputed) and the refresh's enrichment-only upsert, each with its retry-list changes in one transaction."""
+recomputed) and the refresh's enrichment-only upsert, each with its retry-list changes, its IPs' ASN history
+and the rows of the ASNs it touched (`asns`) in one transaction."""
 
 from __future__ import annotations
 
@@ -9,13 +10,13 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, delete, func, select, text
+from sqlalchemy import Connection, Engine, delete, func, select
 
 from enrichment_pipeline.core.eligibility import needs_cymru
 from enrichment_pipeline.core.freshness import retry_delay
 from enrichment_pipeline.core.gc_pause import cyclic_gc_paused
-from enrichment_pipeline.core.inventory import bulk_sql
-from enrichment_pipeline.core.inventory.engine import write_transaction
+from enrichment_pipeline.core.inventory import asns, bulk_sql
+from enrichment_pipeline.core.inventory.engine import lock_inventory, write_transaction
 from enrichment_pipeline.core.inventory.schema import (
     DAILY_ACTIVITY,
     FAILURES,
@@ -60,6 +61,8 @@ class UpsertStats:
     seconds: float
     failures_recorded: int = 0  # rows written to the retry list
     failures_cleared: int = 0  # retry-list rows removed: the source answered, or is no longer needed
+    asn_changes: int = 0  # IPs whose ASN changed (a new ip_asn_history row after their first)
+    asn_rows_written: int = 0  # asn_inventory rows rewritten or deleted
 
 
 def upsert_day(
@@ -98,10 +101,15 @@ def upsert_days(
     with cyclic_gc_paused(), write_transaction(engine) as conn:
         _lock_inventory(conn)
         touched: set[str] = set()
+        events_changed: set[str] = set()  # IPs whose event total may differ: their ASN's row is recomputed
         for day in sorted(activity):
-            touched |= _replace_day_activity(conn, day, activity[day])
+            previous = _replace_day_activity(conn, day, activity[day])
+            touched |= previous.keys()
+            events_changed |= asns.events_changed(previous, activity[day])
             touched.update(row.ip for row in activity[day])
-        stats = _merge_and_write(conn, touched, updates, failures, now, activity=activity)
+        stats = _merge_and_write(
+            conn, touched, updates, failures, now, activity=activity, events_changed=events_changed
+        )
     stats.activity_rows = sum(len(rows) for rows in activity.values())
     stats.seconds = time.perf_counter() - started
     return stats
@@ -122,16 +130,14 @@ def upsert_enrichment(
 
 
 def _lock_inventory(conn: Connection) -> None:
-    # SQLite writers are already serialised by BEGIN IMMEDIATE. On PostgreSQL this mode conflicts
-    # with itself (one writer at a time) but not with plain readers.
-    if conn.dialect.name == "postgresql":
-        conn.execute(text("LOCK TABLE ip_inventory IN SHARE ROW EXCLUSIVE MODE"))
+    lock_inventory(conn)
 
 
-def _replace_day_activity(conn: Connection, day: date, activity: Sequence[DayActivity]) -> set[str]:
-    """Swap the day's activity rows for `activity`; return the IPs the day had before."""
+def _replace_day_activity(conn: Connection, day: date, activity: Sequence[DayActivity]) -> dict[str, int]:
+    """Swap the day's activity rows for `activity`; return the IPs the day had before, with their events."""
     daily = DAILY_ACTIVITY.c
-    previous = set(conn.scalars(delete(DAILY_ACTIVITY).where(daily.day == day).returning(daily.ip_address)))
+    replaced = delete(DAILY_ACTIVITY).where(daily.day == day).returning(daily.ip_address, daily.event_count)
+    previous = {ip: events for ip, events in conn.execute(replaced)}
     rows = [
         {
             "ip_address": row.ip,
@@ -155,9 +161,11 @@ def _merge_and_write(
     now: datetime,
     *,
     activity: Mapping[date, Sequence[DayActivity]] | None = None,
+    events_changed: Collection[str] = (),
 ) -> UpsertStats:
     """Merge and write every touched IP, a chunk of IPs at a time within the caller's transaction.
-    `activity` holds the days whose rows were just written (added from memory instead of read back)."""
+    `activity` holds the days whose rows were just written (added from memory instead of read back),
+    `events_changed` the IPs whose event counts changed with them."""
     days = set(activity or ())
     written = [row for rows in (activity or {}).values() for row in rows]
     ips = sorted(touched | {row.ip for row in updates} | {failure.ip for failure in failures})
@@ -167,16 +175,21 @@ def _merge_and_write(
         _split(items, chunk_of, len(chunks)) for items in (updates, failures, written)
     )
     stats = UpsertStats(inserted=0, updated=0, activity_rows=0, seconds=0.0)
+    touched_asns: set[int] = set()
     for number, chunk in enumerate(chunks):
         stored = _read_stored_rows(conn, chunk)
         totals = _activity_totals(conn, chunk, days, activity_in[number])
         rows = _merged_rows(chunk, stored, totals, updates_in[number], now)
         _write_changes(conn, rows, stored)
+        stats.asn_changes += asns.record_history(conn, rows, stored, updates_in[number], now)
+        touched_asns |= asns.touched_asns(rows, stored, events_changed)
         recorded, cleared = _write_failures(conn, rows, updates_in[number], failures_in[number], now)
         stats.inserted += len(chunk) - len(stored)
         stats.updated += len(stored)
         stats.failures_recorded += recorded
         stats.failures_cleared += cleared
+    # Once every chunk is written: an ASN's IPs may be in several chunks.
+    stats.asn_rows_written = asns.sync_asn_inventory(conn, touched_asns, now)
     return stats
 
 
