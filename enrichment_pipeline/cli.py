@@ -1,10 +1,12 @@
-"""`enrichment-pipeline refresh`: re-enrich the N stalest inventory IPs, or named ones, from a shell.
-Runs `core.refresh` directly (no Dagster), configured by the same environment variables as the pipeline."""
+"""`enrichment-pipeline`: `refresh` re-enriches the N stalest inventory IPs, or named ones, from a shell;
+`show`, `asns` and `export` are the analyst's views (`enrichment_pipeline.commands`, one module each).
+Runs `core` directly (no Dagster), configured by the same environment variables as the pipeline."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -13,12 +15,17 @@ from typing import TextIO
 
 from sqlalchemy import Engine
 
+from enrichment_pipeline.commands import asns as asns_command
+from enrichment_pipeline.commands import export as export_command
+from enrichment_pipeline.commands import show as show_command
+from enrichment_pipeline.commands.common import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE
+from enrichment_pipeline.commands.common import address as _address
+from enrichment_pipeline.commands.common import positive as _positive
 from enrichment_pipeline.core import freshness
 from enrichment_pipeline.core.cymru import CymruBulkClient
 from enrichment_pipeline.core.freshness import FreshnessPolicy, MaxMindBuilds
 from enrichment_pipeline.core.greynoise import GreyNoiseAuthError
 from enrichment_pipeline.core.inventory import fetch_failures, fetch_inventory
-from enrichment_pipeline.core.ips import canonical_ip
 from enrichment_pipeline.core.maxmind import MaxMindError, MaxMindLookup
 from enrichment_pipeline.core.reenrich import (
     ChunkOutcome,
@@ -31,15 +38,19 @@ from enrichment_pipeline.core.reenrich import (
 from enrichment_pipeline.resources import GreyNoiseResource, build_resources
 from enrichment_pipeline.settings import setting
 
-EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
+__all__ = ["EXIT_OK", "EXIT_PROBLEMS", "EXIT_USAGE", "build_parser", "main"]
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     args = build_parser().parse_args(argv)
-    level = logging.INFO if args.verbose else logging.WARNING
+    level = logging.INFO if getattr(args, "verbose", False) else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    return args.command(args, out or sys.stdout)
+    try:
+        return args.command(args, out or sys.stdout)
+    except BrokenPipeError:  # `export ... | head`: the reader left, which is no error of the command
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     refresh_parser.add_argument("--dry-run", action="store_true", help="show which IPs and sources would be asked")
     refresh_parser.add_argument("-v", "--verbose", action="store_true", help="log progress; print every IP's result")
     refresh_parser.set_defaults(command=run_refresh)
+    for command in (show_command, asns_command, export_command):
+        command.add_parser(commands)
     return parser
 
 
@@ -193,23 +206,6 @@ def _print_rows(engine: Engine, ips: Sequence[str], out: TextIO) -> None:
         )
         # Names come from the network: no terminal control sequences reach the operator's screen.
         print(_UNPRINTABLE.sub("?", "; ".join([line, *failed])), file=out)
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _address(text: str) -> str:
-    ip = canonical_ip(text.strip())
-    if ip is None:
-        raise argparse.ArgumentTypeError(f"not an IP address: {text!r}")
-    return ip
 
 
 if __name__ == "__main__":
