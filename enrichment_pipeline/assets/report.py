@@ -1,5 +1,6 @@
 """The daily report: after a day is in the inventory, what its sources were, at a glance in the UI.
-Top ASNs, countries and GreyNoise classifications of each day's IPs, as markdown tables in its metadata."""
+Top ASNs, countries and GreyNoise classifications of each day's IPs, the ASNs new that day and the day's
+ASN changes, as markdown tables in its metadata (one set per day of the run)."""
 
 import time
 
@@ -8,7 +9,13 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ass
 from enrichment_pipeline.assets.common import GROUP, partition_days
 from enrichment_pipeline.assets.inventory import merged_inventory
 from enrichment_pipeline.core.frames import markdown_table
-from enrichment_pipeline.core.inventory import fetch_inventory, ips_seen_on
+from enrichment_pipeline.core.inventory import (
+    asn_changes_since,
+    asns_first_seen_on,
+    fetch_inventory,
+    ips_seen_on,
+)
+from enrichment_pipeline.core.inventory.analyst import day_start
 from enrichment_pipeline.core.report import TOP, DailyReport, build_daily_report
 from enrichment_pipeline.partitions import ingest_backfill_policy, ingest_days
 from enrichment_pipeline.resources import InventoryDatabase
@@ -22,11 +29,18 @@ from enrichment_pipeline.resources import InventoryDatabase
     kinds={"sqlalchemy"},
 )
 def daily_report(context: AssetExecutionContext, inventory: InventoryDatabase) -> MaterializeResult:
-    """Each day's source IPs by ASN (with organisation), country and GreyNoise classification."""
+    """Each day's source IPs by ASN (with organisation), country and GreyNoise classification; the ASNs first
+    seen that day and the day's IPs that changed ASN since."""
     engine = inventory.engine()
     for day in partition_days(context):
         started = time.perf_counter()
-        report = build_daily_report(day, fetch_inventory(engine, ips_seen_on(engine, day)))
+        ips = ips_seen_on(engine, day)
+        report = build_daily_report(
+            day,
+            fetch_inventory(engine, ips),
+            new_asns=asns_first_seen_on(engine, day),
+            asn_changes=asn_changes_since(engine, ips, day_start(day)),
+        )
         context.log.info(report.headline)
         context.add_asset_metadata(_metadata(report, time.perf_counter() - started), partition_key=day.isoformat())
     return MaterializeResult()
@@ -43,5 +57,9 @@ def _metadata(report: DailyReport, seconds: float) -> dict:
         "top_asns": MetadataValue.md(markdown_table(report.top_asns, limit=TOP + 1)),
         "top_countries": MetadataValue.md(markdown_table(report.top_countries, limit=TOP + 1)),
         "greynoise_classifications": MetadataValue.md(markdown_table(report.greynoise, limit=len(report.greynoise))),
+        "new_asns": len(report.new_asns),
+        "new_asns_table": MetadataValue.md(markdown_table(report.new_asns, limit=TOP)),
+        "asn_changes": len(report.asn_changes),
+        "asn_changes_table": MetadataValue.md(markdown_table(report.asn_changes, limit=TOP)),
         "seconds": round(seconds, 3),
     }

@@ -1,5 +1,9 @@
-"""The daily report: one ingest day's source IPs counted by ASN, country and GreyNoise classification.
-Pure aggregation of inventory rows (as `inventory.fetch_inventory` returns them) into small ranked tables."""
+"""The daily report: one ingest day's source IPs counted by ASN, country and GreyNoise classification, with
+the ASNs new that day and the day's IPs that changed ASN. Pure aggregation of inventory rows (as
+`inventory.fetch_inventory` returns them, with `inventory.asns_first_seen_on` and
+`inventory.asn_changes_since`) into small ranked tables. Like the rest of the report, both describe the
+inventory as it is now: an ASN is new on the day its current IPs were first seen, and a change counts for a
+day when one of its IPs changed ASN on or after that day."""
 
 from __future__ import annotations
 
@@ -19,6 +23,8 @@ TOP = 10
 ASN_COLUMNS = {"asn": "string", "as_org": "string", "ips": "int64", "share_pct": "float64"}
 COUNTRY_COLUMNS = {"country": "string", "ips": "int64", "share_pct": "float64"}
 GREYNOISE_COLUMNS = {"classification": "string", "ips": "int64", "share_pct": "float64"}
+NEW_ASN_COLUMNS = {"asn": "string", "as_org": "string", "ips": "int64"}  # ips: all its IPs, not only the day's
+ASN_CHANGE_COLUMNS = {"ip": "string", "from_asn": "string", "to_asn": "string", "as_org": "string"}
 
 
 @dataclass(frozen=True)
@@ -32,17 +38,28 @@ class DailyReport:
     top_asns: pd.DataFrame  # ASN_COLUMNS, the `top` biggest, then one "other" row
     top_countries: pd.DataFrame  # COUNTRY_COLUMNS
     greynoise: pd.DataFrame  # GREYNOISE_COLUMNS, every bucket
+    new_asns: pd.DataFrame  # NEW_ASN_COLUMNS, every ASN first seen that day, most IPs first
+    asn_changes: pd.DataFrame  # ASN_CHANGE_COLUMNS, every IP of the day that changed ASN since, by IP
 
     @property
     def headline(self) -> str:
         return (
             f"{self.day.isoformat()}: {self.ips} source IPs, {self.with_asn} with an ASN, {self.countries} countries;"
-            f" GreyNoise: {self.greynoise_noise} internet scanners, {self.greynoise_riot} benign services (RIOT)"
+            f" GreyNoise: {self.greynoise_noise} internet scanners, {self.greynoise_riot} benign services (RIOT);"
+            f" {len(self.new_asns)} new ASNs, {len(self.asn_changes)} ASN changes"
         )
 
 
-def build_daily_report(day: date, rows: Sequence[Mapping[str, Any]], *, top: int = TOP) -> DailyReport:
-    """Count the day's inventory rows; ties rank by key so the report is the same on every run."""
+def build_daily_report(
+    day: date,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    top: int = TOP,
+    new_asns: Sequence[Mapping[str, Any]] = (),
+    asn_changes: Sequence[Mapping[str, Any]] = (),
+) -> DailyReport:
+    """Count the day's inventory rows; ties rank by key so the report is the same on every run. `new_asns`:
+    the `asn_inventory` rows first seen that day; `asn_changes`: the day's IPs whose ASN changed since."""
     asns = Counter(row["current_asn"] for row in rows)
     orgs = _org_per_asn(rows)
     countries = Counter(row["country_code"] or UNKNOWN for row in rows)
@@ -67,6 +84,22 @@ def build_daily_report(day: date, rows: Sequence[Mapping[str, Any]], *, top: int
             total,
         ),
         greynoise=_table([{"classification": c, "ips": n} for c, n in _ranked(greynoise)], GREYNOISE_COLUMNS, total),
+        new_asns=_frame(
+            [{"asn": f"AS{row['asn']}", "as_org": row["asn_org"], "ips": row["ip_count"]} for row in new_asns],
+            NEW_ASN_COLUMNS,
+        ),
+        asn_changes=_frame(
+            [
+                {
+                    "ip": row["ip"],
+                    "from_asn": f"AS{row['previous_asn']}",
+                    "to_asn": f"AS{row['asn']}",
+                    "as_org": row["asn_org"],
+                }
+                for row in sorted(asn_changes, key=lambda row: row["ip"])
+            ],
+            ASN_CHANGE_COLUMNS,
+        ),
     )
 
 
@@ -108,5 +141,9 @@ def _top(rows: list[dict[str, Any]], top: int, label: str, plural: str) -> list[
 def _table(rows: list[dict[str, Any]], columns: dict[str, str], total: int) -> pd.DataFrame:
     for row in rows:
         row["share_pct"] = round(100.0 * row["ips"] / total, 1) if total else 0.0
+    return _frame(rows, columns)
+
+
+def _frame(rows: list[dict[str, Any]], columns: dict[str, str]) -> pd.DataFrame:
     frame = pd.DataFrame.from_records(rows, columns=list(columns))
     return frame.astype(columns).reset_index(drop=True)
