@@ -18,17 +18,9 @@ from sqlalchemy import select
 from enrichment_pipeline.assets import enrichment_assets
 from enrichment_pipeline.core.inventory import DAILY_ACTIVITY, fetch_failures, fetch_inventory, make_engine
 from enrichment_pipeline.definitions import defs
-from enrichment_pipeline.resources import (
-    CowrieLogDirectory,
-    CymruResource,
-    DailyParquetIOManager,
-    FreshnessResource,
-    GreyNoiseResource,
-    InventoryDatabase,
-    MaxMindResource,
-)
 from enrichment_pipeline.standins.cymru_server import CymruStandinServer
 from enrichment_pipeline_tests.support.dagster_services import PROJECT_ROOT, DagsterServices, ServiceError, wait_for
+from enrichment_pipeline_tests.support.graph_run import graph_resources
 from enrichment_pipeline_tests.support.synthetic_days import event, write_day
 
 pytestmark = pytest.mark.timeout(600)
@@ -72,15 +64,7 @@ def state(db_url: str) -> tuple[list, list, list]:
 def one_run_per_day(tmp_path: Path, log_dir: Path, cymru_port: int) -> str:
     """The reference: ten single-day runs of the same days, in order (in process)."""
     db_url = f"sqlite:///{tmp_path / 'per_day.sqlite'}"
-    resources = {
-        "io_manager": DailyParquetIOManager(base_dir=str(tmp_path / "per_day_storage")),
-        "cowrie_logs": CowrieLogDirectory(log_dir=str(log_dir)),
-        "maxmind": MaxMindResource(),
-        "freshness": FreshnessResource(),
-        "cymru": CymruResource(host="127.0.0.1", port=cymru_port, timeout_s=10),
-        "inventory": InventoryDatabase(url=db_url),
-        "greynoise": GreyNoiseResource(),
-    }
+    resources = graph_resources(log_dir, db_url, cymru_port, tmp_path / "per_day_storage")
     with DagsterInstance.ephemeral() as instance:
         for day in DAYS:
             run = materialize(enrichment_assets, partition_key=day.isoformat(), instance=instance, resources=resources)

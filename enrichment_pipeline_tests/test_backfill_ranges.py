@@ -18,17 +18,9 @@ from enrichment_pipeline.checks import (
     no_failed_greynoise_lookups,
 )
 from enrichment_pipeline.core.inventory import DAILY_ACTIVITY, fetch_failures, fetch_inventory, make_engine, upsert
-from enrichment_pipeline.resources import (
-    CowrieLogDirectory,
-    CymruResource,
-    DailyParquetIOManager,
-    FreshnessResource,
-    GreyNoiseResource,
-    InventoryDatabase,
-    MaxMindResource,
-)
 from enrichment_pipeline_tests.support.cymru_standin import sent
 from enrichment_pipeline_tests.support.expected_ips import distinct_valid_ips
+from enrichment_pipeline_tests.support.graph_run import graph_resources
 
 DAYS = ["2018-05-06", "2018-05-07", "2018-05-08"]
 CHECKS = [every_ingested_ip_in_inventory, asn_coverage, no_failed_cymru_batches, no_failed_greynoise_lookups]
@@ -41,15 +33,7 @@ def range_tags(first: str, last: str) -> dict[str, str]:
 
 
 def resources(log_dir: Path, db_url: str, cymru_port: int, storage: Path) -> dict:
-    return {
-        "io_manager": DailyParquetIOManager(base_dir=str(storage)),
-        "cowrie_logs": CowrieLogDirectory(log_dir=str(log_dir)),
-        "maxmind": MaxMindResource(),
-        "freshness": FreshnessResource(),
-        "cymru": CymruResource(host="127.0.0.1", port=cymru_port, timeout_s=10, batch_size=50),
-        "inventory": InventoryDatabase(url=db_url),
-        "greynoise": GreyNoiseResource(),
-    }
+    return graph_resources(log_dir, db_url, cymru_port, storage, batch_size=50)
 
 
 def inventory_state(db_url: str) -> tuple[list, list, list]:
@@ -171,11 +155,12 @@ def test_the_parquet_file_of_each_day_reads_back_equal_to_that_days_rows_of_the_
     with DagsterInstance.ephemeral() as instance:
         result = materialize(enrichment_assets, instance=instance, resources=graph, tags=range_tags(DAYS[0], DAYS[1]))
     assert result.success
+    nodes = {"cowrie_source_ips": ("cowrie_logs_ingest", "cowrie_source_ips")}
     for asset in ("cowrie_source_ips", "maxmind_results", "ips_needing_cymru", "cymru_bulk_results"):
-        output = result.output_for_node(asset)
+        output = result.output_for_node(*nodes.get(asset, (asset, "result")))
         assert sorted(output["day"].unique()) == DAYS[:2]
         for day in DAYS[:2]:
             stored = pd.read_parquet(storage / asset / f"{day}.parquet")  # what a notebook does
             pd.testing.assert_frame_equal(stored, output.loc[output["day"] == day].reset_index(drop=True))
-    ips = result.output_for_node("cowrie_source_ips")
+    ips = result.output_for_node("cowrie_logs_ingest", "cowrie_source_ips")
     assert len(ips) == sum(len(distinct_valid_ips(sample_log_dir / f"cowrie.json.{day}")) for day in DAYS[:2])

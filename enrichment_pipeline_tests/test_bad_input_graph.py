@@ -66,7 +66,11 @@ def run_day(day: datetime.date, log_dir: Path, db_url: str, standin: CymruStandi
 
 
 def ingest_metadata(result: ExecuteInProcessResult) -> dict[str, Any]:
-    (materialization,) = result.asset_materializations_for_node("cowrie_source_ips")
+    (materialization,) = [
+        m
+        for m in result.asset_materializations_for_node("cowrie_logs_ingest")
+        if m.asset_key.path == ["cowrie_source_ips"]
+    ]
     return {key: getattr(value, "value", value) for key, value in materialization.metadata.items()}
 
 

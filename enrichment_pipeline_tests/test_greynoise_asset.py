@@ -21,7 +21,7 @@ from dagster import (
 )
 
 from enrichment_pipeline.assets import (
-    cowrie_source_ips,
+    cowrie_logs_ingest,
     enrichment_assets,
     greynoise_results,
 )
@@ -105,7 +105,7 @@ def run_greynoise(
     sample_log_dir: Path, db_url: str, greynoise: GreyNoiseResource, instance: DagsterInstance, **options: object
 ):
     return materialize(
-        [cowrie_source_ips, greynoise_results],
+        [cowrie_logs_ingest, greynoise_results],
         partition_key=DAY,
         instance=instance,
         resources={

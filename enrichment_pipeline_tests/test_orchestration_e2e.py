@@ -255,7 +255,7 @@ def test_a_failed_day_is_re_executed_from_failure_without_repeating_what_succeed
         failed = execute_job(job, instance, tags={"dagster/partition": day})
         assert not failed.success
         done_first = {event.step_key for event in failed.get_step_success_events()}
-        assert {"cowrie_source_ips", "maxmind_results"} <= done_first
+        assert {"cowrie_logs_ingest", "maxmind_results"} <= done_first
         assert cymru.requests == []  # it failed before any Cymru lookup
 
         in_the_way.rmdir()  # the operator fixes the cause, then: Re-execute -> From failure

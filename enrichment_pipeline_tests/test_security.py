@@ -136,7 +136,11 @@ def test_sql_looking_text_in_every_attacker_field_is_stored_verbatim_or_rejected
     rows = {row["ip_address"]: row for row in fetch_inventory(engine)}
     assert set(rows) == {*clean_ips, bad_registry_ip, piped_name_ip}  # no SQL-looking src_ip became a row
     assert sent_to_cymru == sorted(rows)
-    (ingest,) = result.asset_materializations_for_node("cowrie_source_ips")
+    (ingest,) = [
+        m
+        for m in result.asset_materializations_for_node("cowrie_logs_ingest")
+        if m.asset_key.path == ["cowrie_source_ips"]
+    ]
     assert ingest.metadata["invalid_src_ip"].value == len(SQL_SRC_IPS)
     for n, (ip, text) in enumerate(zip(clean_ips, SQL_TEXTS, strict=False)):
         assert rows[ip]["session_count"] == 1

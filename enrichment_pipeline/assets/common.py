@@ -23,6 +23,10 @@ GROUP = "ip_enrichment"
 # For the network passes: lookup failures are returned, not raised, so a retry only helps against an
 # unexpected transient error (a dropped database connection, a resolver hiccup).
 NETWORK_RETRY = RetryPolicy(max_retries=2, delay=30, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS)
+# Every other step retries transient errors (a busy database, a dropped connection) on its own, whichever job
+# runs it (the sensor's and the UI's asset backfills run Dagster's asset job, not `enrich_day`); bad
+# configuration raises Failure(allow_retries=False) and is not retried.
+TRANSIENT_RETRY = RetryPolicy(max_retries=2, delay=10, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS)
 
 
 def partition_days(context: AssetExecutionContext) -> list[date]:

@@ -7,7 +7,7 @@ from typing import Any
 import pandas as pd
 from dagster import AssetExecutionContext, MaterializeResult, asset
 
-from enrichment_pipeline.assets.common import GROUP, NETWORK_RETRY, report_days
+from enrichment_pipeline.assets.common import GROUP, NETWORK_RETRY, TRANSIENT_RETRY, report_days
 from enrichment_pipeline.core import freshness as clock
 from enrichment_pipeline.core.cymru import BatchOutcome
 from enrichment_pipeline.core.day_files import DAY_COLUMN
@@ -29,7 +29,13 @@ from enrichment_pipeline.resources import (
 )
 
 
-@asset(partitions_def=ingest_days, backfill_policy=ingest_backfill_policy, group_name=GROUP, kinds={"pandas"})
+@asset(
+    partitions_def=ingest_days,
+    backfill_policy=ingest_backfill_policy,
+    group_name=GROUP,
+    kinds={"pandas"},
+    retry_policy=TRANSIENT_RETRY,
+)
 def ips_needing_cymru(
     context: AssetExecutionContext,
     maxmind_results: pd.DataFrame,

@@ -5,14 +5,12 @@ from datetime import date
 import pandas as pd
 from dagster import (
     AssetExecutionContext,
-    Backoff,
     MaterializeResult,
     MetadataValue,
-    RetryPolicy,
     asset,
 )
 
-from enrichment_pipeline.assets.common import GROUP
+from enrichment_pipeline.assets.common import GROUP, TRANSIENT_RETRY
 from enrichment_pipeline.core import freshness as clock
 from enrichment_pipeline.core.day_files import DAY_COLUMN
 from enrichment_pipeline.core.frames import (
@@ -20,6 +18,7 @@ from enrichment_pipeline.core.frames import (
     distinct_ips,
     frame_builds,
     lookup_failures,
+    sensor_activity,
     source_updates,
 )
 from enrichment_pipeline.core.inventory import fresh_ips, upsert_days
@@ -33,11 +32,12 @@ from enrichment_pipeline.resources import FreshnessResource, InventoryDatabase
     group_name=GROUP,
     kinds={"sqlalchemy"},
     # The upsert is one transaction, so a retry after a dropped connection or lock timeout is safe.
-    retry_policy=RetryPolicy(max_retries=2, delay=10, backoff=Backoff.EXPONENTIAL),
+    retry_policy=TRANSIENT_RETRY,
 )
 def merged_inventory(
     context: AssetExecutionContext,
     cowrie_source_ips: pd.DataFrame,
+    cowrie_sensor_activity: pd.DataFrame,
     maxmind_results: pd.DataFrame,
     cymru_bulk_results: pd.DataFrame,
     greynoise_results: pd.DataFrame,
@@ -55,9 +55,8 @@ def merged_inventory(
     builds = frame_builds(maxmind)
     maxmind_fresh = fresh_ips(engine, maxmind["ip"], "maxmind", ttl, now=now, maxmind_builds=builds)
     updates = source_updates(maxmind, cymru, greynoise, maxmind_fresh=maxmind_fresh)
-    days = {
-        day: day_activity(cowrie_source_ips.loc[cowrie_source_ips[DAY_COLUMN] == day]) for day in context.partition_keys
-    }
+    days = {day: day_activity(_of_day(cowrie_source_ips, day)) for day in context.partition_keys}
+    sensors = {date.fromisoformat(day): sensor_activity(_of_day(cowrie_sensor_activity, day)) for day in days}
     # One transaction for the whole run: a range run that fails leaves every one of its days as it was.
     stats = upsert_days(
         engine,
@@ -65,6 +64,7 @@ def merged_inventory(
         updates,
         now=now,
         failures=lookup_failures(cymru, greynoise),
+        sensor_activity=sensors,
     )
     context.log.info(
         f"ip_inventory: {stats.inserted} inserted, {stats.updated} updated for {len(days)} day(s) in"
@@ -85,3 +85,7 @@ def merged_inventory(
             **({"days_in_run": len(days)} if len(days) > 1 else {}),
         }
     )
+
+
+def _of_day(frame: pd.DataFrame, day: str) -> pd.DataFrame:
+    return frame.loc[frame[DAY_COLUMN] == day]

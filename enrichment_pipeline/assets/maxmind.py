@@ -5,7 +5,7 @@ import time
 import pandas as pd
 from dagster import AssetExecutionContext, Failure, MaterializeResult, asset
 
-from enrichment_pipeline.assets.common import GROUP, report_days
+from enrichment_pipeline.assets.common import GROUP, TRANSIENT_RETRY, report_days
 from enrichment_pipeline.core.frames import distinct_ips, for_days, maxmind_frame
 from enrichment_pipeline.core.freshness import MaxMindBuilds
 from enrichment_pipeline.core.maxmind import MaxMindError
@@ -13,7 +13,13 @@ from enrichment_pipeline.partitions import ingest_backfill_policy, ingest_days
 from enrichment_pipeline.resources import MaxMindResource
 
 
-@asset(partitions_def=ingest_days, backfill_policy=ingest_backfill_policy, group_name=GROUP, kinds={"pandas"})
+@asset(
+    partitions_def=ingest_days,
+    backfill_policy=ingest_backfill_policy,
+    group_name=GROUP,
+    kinds={"pandas"},
+    retry_policy=TRANSIENT_RETRY,
+)
 def maxmind_results(
     context: AssetExecutionContext, cowrie_source_ips: pd.DataFrame, maxmind: MaxMindResource
 ) -> MaterializeResult:

@@ -6,7 +6,7 @@ import time
 
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
-from enrichment_pipeline.assets.common import GROUP, partition_days
+from enrichment_pipeline.assets.common import GROUP, TRANSIENT_RETRY, partition_days
 from enrichment_pipeline.assets.inventory import merged_inventory
 from enrichment_pipeline.core.frames import markdown_table
 from enrichment_pipeline.core.inventory import (
@@ -27,6 +27,7 @@ from enrichment_pipeline.resources import InventoryDatabase
     group_name=GROUP,
     deps=[merged_inventory],
     kinds={"sqlalchemy"},
+    retry_policy=TRANSIENT_RETRY,
 )
 def daily_report(context: AssetExecutionContext, inventory: InventoryDatabase) -> MaterializeResult:
     """Each day's source IPs by ASN (with organisation), country and GreyNoise classification; the ASNs first

@@ -32,7 +32,7 @@ from enrichment_pipeline.core.greynoise import (
     GreyNoiseLookupResult,
 )
 from enrichment_pipeline.core.maxmind import MaxMindRecord
-from enrichment_pipeline.core.records import DayActivity, LookupFailure, SourceUpdate
+from enrichment_pipeline.core.records import DayActivity, LookupFailure, SensorActivity, SourceUpdate
 
 SOURCE_COLUMNS = {
     "ip": "string",
@@ -41,6 +41,7 @@ SOURCE_COLUMNS = {
     "first_seen": "datetime64[us, UTC]",
     "last_seen": "datetime64[us, UTC]",
 }
+SENSOR_ACTIVITY_COLUMNS = {"sensor": "string", **SOURCE_COLUMNS}
 MAXMIND_COLUMNS = {
     "ip": "string",
     "found": "bool",
@@ -107,6 +108,23 @@ def sources_frame(sources: Sequence[SourceIpActivity]) -> pd.DataFrame:
         ),
         SOURCE_COLUMNS,
     )
+
+
+def sensor_activity_frame(by_sensor: Mapping[str, Sequence[SourceIpActivity]]) -> pd.DataFrame:
+    """One row per sensor and IP: what each honeypot saw of the day."""
+    rows = (
+        {
+            "sensor": sensor,
+            "ip": s.ip,
+            "session_count": s.session_count,
+            "event_count": s.event_count,
+            "first_seen": s.first_seen,
+            "last_seen": s.last_seen,
+        }
+        for sensor, sources in by_sensor.items()
+        for s in sources
+    )
+    return _frame(rows, SENSOR_ACTIVITY_COLUMNS)
 
 
 def maxmind_frame(records: Sequence[MaxMindRecord], builds: MaxMindBuilds) -> pd.DataFrame:
@@ -179,6 +197,11 @@ def day_activity(sources: pd.DataFrame) -> list[DayActivity]:
         )
         for row in records(sources[list(SOURCE_COLUMNS)])
     ]
+
+
+@cyclic_gc_paused()
+def sensor_activity(rows: pd.DataFrame) -> list[SensorActivity]:
+    return [SensorActivity(**row) for row in records(rows[list(SENSOR_ACTIVITY_COLUMNS)])]
 
 
 # Both take a row of `records`: its values are plain Python already.

@@ -21,6 +21,18 @@ class DayActivity:
 
 
 @dataclass(frozen=True)
+class SensorActivity:
+    """What one sensor (honeypot) saw of one IP on one day; a day's IP totals are the sums over sensors."""
+
+    sensor: str
+    ip: str
+    session_count: int
+    event_count: int
+    first_seen: datetime | None
+    last_seen: datetime | None
+
+
+@dataclass(frozen=True)
 class SourceUpdate:
     ip: str
     maxmind: dict[str, Any] | None = None  # None = this source was not asked this run: keep what is stored

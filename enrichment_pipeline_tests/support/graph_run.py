@@ -1,6 +1,6 @@
 """Pytest plugin: materializing the whole asset graph for one day with real resources (the Cymru stand-in comes
 from support.cymru_standin). Fixtures: `sqlite_or_postgres_url` (the test runs on each), `asn_db_covering_one_ip`
-and `graph_greynoise`. Helpers: `run_day` and `keyed_greynoise`."""
+and `graph_greynoise`. Helpers: `graph_resources`, `run_day` and `keyed_greynoise`."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from enrichment_pipeline.assets import enrichment_assets
 from enrichment_pipeline.resources import (
     CowrieLogDirectory,
     CymruResource,
+    DailyParquetIOManager,
     FreshnessResource,
     GreyNoiseResource,
     InventoryDatabase,
@@ -52,6 +53,22 @@ def graph_greynoise():
 
 def keyed_greynoise(server: FakeGreyNoise) -> GreyNoiseResource:
     return GreyNoiseResource(api_key=GREYNOISE_KEY, api_url=server.url, rate_per_s=1000, max_retries=0)
+
+
+def graph_resources(
+    log_dir: Path, db_url: str, cymru_port: int, storage: Path, *, batch_size: int = 500, asn_db: str = ""
+) -> dict:
+    """Every resource of the graph, offline: the logs, the Cymru stand-in at `cymru_port`, no ASN database
+    (unless given), no GreyNoise key, and the per-day Parquet files under `storage` (range runs need them)."""
+    return {
+        "io_manager": DailyParquetIOManager(base_dir=str(storage)),
+        "cowrie_logs": CowrieLogDirectory(log_dir=str(log_dir)),
+        "maxmind": MaxMindResource(asn_db=asn_db),
+        "freshness": FreshnessResource(),
+        "cymru": CymruResource(host="127.0.0.1", port=cymru_port, timeout_s=10, batch_size=batch_size),
+        "inventory": InventoryDatabase(url=db_url),
+        "greynoise": GreyNoiseResource(),
+    }
 
 
 def run_day(

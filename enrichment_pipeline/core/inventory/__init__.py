@@ -33,6 +33,7 @@ from enrichment_pipeline.core.inventory.schema import (
     GREYNOISE_USAGE,
     INVENTORY,
     SCHEMA_VERSION,
+    SENSOR_ACTIVITY,
     Base,
 )
 from enrichment_pipeline.core.inventory.upsert import (
@@ -41,7 +42,7 @@ from enrichment_pipeline.core.inventory.upsert import (
     upsert_days,
     upsert_enrichment,
 )
-from enrichment_pipeline.core.records import DayActivity, LookupFailure, SourceUpdate
+from enrichment_pipeline.core.records import DayActivity, LookupFailure, SensorActivity, SourceUpdate
 
 __all__ = [
     "ASN_HISTORY",
@@ -52,11 +53,13 @@ __all__ = [
     "GREYNOISE_USAGE",
     "INVENTORY",
     "SCHEMA_VERSION",
+    "SENSOR_ACTIVITY",
     "Base",
     "DayActivity",
     "ExportFilters",
     "GreyNoiseDailyBudget",
     "LookupFailure",
+    "SensorActivity",
     "SourceUpdate",
     "UpsertStats",
     "asn_changes_since",

@@ -1,6 +1,7 @@
 """The inventory's schema: every table the project owns and its column types
 (`migrations.create_schema` creates them and upgrades older databases).
-`ip_inventory` (one row per IP), `ip_daily_activity` (what each day contributed), `enrichment_failures`
+`ip_inventory` (one row per IP), `ip_daily_activity` (what each day contributed), `ip_sensor_activity` (the
+same per sensor), `enrichment_failures`
 (the retry list), `greynoise_daily_usage` (the GreyNoise request budget shared by all runs), `asn_inventory`
 (one row per ASN), `ip_asn_history` (each IP's ASNs over time) and `schema_version` (the upgrades applied)."""
 
@@ -145,6 +146,25 @@ class IpDailyActivity(Base):
     last_seen: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
 
+class IpSensorActivity(Base):
+    """What one sensor contributed for one IP on one day; `ip_daily_activity` holds the sums over sensors."""
+
+    __tablename__ = "ip_sensor_activity"
+    __table_args__ = (
+        CheckConstraint("session_count >= 0", name="ck_ip_sensor_activity_session_count"),
+        CheckConstraint("event_count >= 0", name="ck_ip_sensor_activity_event_count"),
+        Index("ix_ip_sensor_activity_day_sensor", "day", "sensor"),
+    )
+
+    ip_address: Mapped[str] = mapped_column(String(45), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    sensor: Mapped[str] = mapped_column(String(64), primary_key=True)  # log_layout.MAX_SENSOR_CHARS
+    session_count: Mapped[int] = mapped_column(Integer, nullable=False)
+    event_count: Mapped[int] = mapped_column(Integer, nullable=False)
+    first_seen: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    last_seen: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
 class EnrichmentFailure(Base):
     """The retry list: one row per IP and source whose last lookup failed, until that source answers."""
 
@@ -222,6 +242,7 @@ class SchemaVersion(Base):
 INVENTORY = typing_cast(Table, IpInventory.__table__)
 DAILY_ACTIVITY = typing_cast(Table, IpDailyActivity.__table__)
 FAILURES = typing_cast(Table, EnrichmentFailure.__table__)
+SENSOR_ACTIVITY = typing_cast(Table, IpSensorActivity.__table__)
 GREYNOISE_USAGE = typing_cast(Table, GreyNoiseDailyUsage.__table__)
 ASN_INVENTORY = typing_cast(Table, AsnInventory.__table__)
 ASN_HISTORY = typing_cast(Table, IpAsnHistory.__table__)

@@ -21,6 +21,7 @@ from enrichment_pipeline.core.inventory.schema import (
     DAILY_ACTIVITY,
     FAILURES,
     INVENTORY,
+    SENSOR_ACTIVITY,
 )
 from enrichment_pipeline.core.inventory.validation import check_inputs
 from enrichment_pipeline.core.merge import (
@@ -32,6 +33,7 @@ from enrichment_pipeline.core.records import (
     SOURCES,
     DayActivity,
     LookupFailure,
+    SensorActivity,
     SourceUpdate,
 )
 
@@ -49,6 +51,7 @@ _NARROW_COLUMNS: tuple[str, ...] = tuple(name for name in _COLUMNS if name != "e
 # Built once: the merge looks these names up for every IP and source.
 _STAMP_COLUMNS: dict[str, str] = {source: f"{source}_updated_at" for source in SOURCES}
 _ACTIVITY_COLUMNS: tuple[str, ...] = tuple(column.name for column in DAILY_ACTIVITY.columns)
+_SENSOR_COLUMNS: tuple[str, ...] = tuple(column.name for column in SENSOR_ACTIVITY.columns)
 _FAILURE_COLUMNS: tuple[str, ...] = tuple(column.name for column in FAILURES.columns)
 _FAILURE_UPDATE_COLUMNS: tuple[str, ...] = ("error", "attempts", "first_failed_at", "last_failed_at", "next_retry_at")
 
@@ -85,9 +88,11 @@ def upsert_days(
     *,
     now: datetime,
     failures: Sequence[LookupFailure] = (),
+    sensor_activity: Mapping[date, Sequence[SensorActivity]] | None = None,
 ) -> UpsertStats:
-    """Replace each day's activity, merge the source updates, recompute the totals and update the retry
-    list, all in one transaction: a failure leaves every day as it was.
+    """Replace each day's activity (and, given, its per-sensor activity), merge the source updates,
+    recompute the totals and update the retry list, all in one transaction: a failure leaves every day as
+    it was.
 
     Re-running a day replaces its contribution instead of adding to it, so the days of a range give the
     same rows as one upsert per day. Sources absent from an update keep their stored object and
@@ -107,6 +112,8 @@ def upsert_days(
             touched |= previous.keys()
             events_changed |= asns.events_changed(previous, activity[day])
             touched.update(row.ip for row in activity[day])
+            if sensor_activity is not None:
+                _replace_sensor_activity(conn, day, sensor_activity.get(day, ()))
         stats = _merge_and_write(
             conn, touched, updates, failures, now, activity=activity, events_changed=events_changed
         )
@@ -151,6 +158,24 @@ def _replace_day_activity(conn: Connection, day: date, activity: Sequence[DayAct
     ]
     bulk_sql.insert(conn, DAILY_ACTIVITY, rows, _ACTIVITY_COLUMNS)
     return previous
+
+
+def _replace_sensor_activity(conn: Connection, day: date, rows: Sequence[SensorActivity]) -> None:
+    """Swap the day's per-sensor rows: a late sensor's file re-run with the others gives the all-at-once rows."""
+    conn.execute(delete(SENSOR_ACTIVITY).where(SENSOR_ACTIVITY.c.day == day))
+    values = [
+        {
+            "ip_address": row.ip,
+            "day": day,
+            "sensor": row.sensor,
+            "session_count": row.session_count,
+            "event_count": row.event_count,
+            "first_seen": row.first_seen,
+            "last_seen": row.last_seen,
+        }
+        for row in rows
+    ]
+    bulk_sql.insert(conn, SENSOR_ACTIVITY, values, _SENSOR_COLUMNS)
 
 
 def _merge_and_write(
