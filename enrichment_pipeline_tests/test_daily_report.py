@@ -169,3 +169,21 @@ def test_the_asset_reports_each_materialized_day_as_markdown_tables(tmp_path: Pa
         classes = dict(re.findall(r"^\| ([a-z ]+) \| (\d+) \|", meta["greynoise_classifications"].value, flags=re.M))
         assert set(classes) <= {"malicious", "benign", "unknown"} and sum(map(int, classes.values())) == ips
         assert meta["summary"].value.startswith(f"{day}: {ips} source IPs")
+
+
+def test_the_per_sensor_table_counts_ips_sessions_and_ips_only_that_sensor_saw():
+    from enrichment_pipeline.core.report import sensor_table
+
+    rows = [
+        ("alpha", "198.51.100.1", 2),
+        ("beta", "198.51.100.1", 1),
+        ("beta", "198.51.100.2", 4),
+        ("gamma", "2001:db8::1", 1),
+    ]
+    table = sensor_table(rows)
+    assert table.to_dict("records") == [
+        {"sensor": "beta", "ips": 2, "sessions": 5, "ips_only_here": 1},
+        {"sensor": "alpha", "ips": 1, "sessions": 2, "ips_only_here": 0},
+        {"sensor": "gamma", "ips": 1, "sessions": 1, "ips_only_here": 1},
+    ]
+    assert sensor_table([]).empty

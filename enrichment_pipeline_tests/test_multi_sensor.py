@@ -96,6 +96,18 @@ def test_three_sensors_make_one_inventory_whose_activity_sums_over_sensors(tmp_p
     assert ingest.metadata["sensors_read"].value == "alpha, beta, gamma"
     assert ingest.metadata["sensors_missing"].value == ""
 
+    # The report's per-sensor table: alpha and beta hold the same two days, so only gamma has IPs of its own
+    # (those of 05-07 that 05-08 lacks); every sensor's IPs and sessions match ip_sensor_activity.
+    (report,) = result.asset_materializations_for_node("daily_report")
+    assert report.metadata["sensors"].value == 3
+    table = report.metadata["per_sensor"].value
+    only_gamma = distinct_valid_ips(sample_log_dir / "cowrie.json.2018-05-07") - distinct_valid_ips(
+        sample_log_dir / "cowrie.json.2018-05-08"
+    )
+    gamma_line = next(line for line in table.splitlines() if line.startswith("| gamma |"))
+    assert gamma_line.split("|")[4].strip() == str(len(only_gamma))
+    assert next(line for line in table.splitlines() if line.startswith("| alpha |")).split("|")[4].strip() == "0"
+
 
 def test_a_sensor_without_the_day_is_reported_and_the_flat_layout_gives_todays_result(
     tmp_path, sample_log_dir, standin

@@ -1,6 +1,7 @@
 """The daily report: after a day is in the inventory, what its sources were, at a glance in the UI.
 Top ASNs, countries and GreyNoise classifications of each day's IPs, the ASNs new that day and the day's
-ASN changes, as markdown tables in its metadata (one set per day of the run)."""
+ASN changes, and per sensor its IPs, sessions and the IPs only it saw, as markdown tables in its metadata
+(one set per day of the run)."""
 
 import time
 
@@ -14,9 +15,10 @@ from enrichment_pipeline.core.inventory import (
     asns_first_seen_on,
     fetch_inventory,
     ips_seen_on,
+    sensor_activity_on,
 )
 from enrichment_pipeline.core.inventory.analyst import day_start
-from enrichment_pipeline.core.report import TOP, DailyReport, build_daily_report
+from enrichment_pipeline.core.report import TOP, DailyReport, build_daily_report, sensor_table
 from enrichment_pipeline.partitions import ingest_backfill_policy, ingest_days
 from enrichment_pipeline.resources import InventoryDatabase
 
@@ -43,7 +45,13 @@ def daily_report(context: AssetExecutionContext, inventory: InventoryDatabase) -
             asn_changes=asn_changes_since(engine, ips, day_start(day)),
         )
         context.log.info(report.headline)
-        context.add_asset_metadata(_metadata(report, time.perf_counter() - started), partition_key=day.isoformat())
+        sensors = sensor_table(sensor_activity_on(engine, day))
+        metadata = {
+            **_metadata(report, time.perf_counter() - started),
+            "sensors": len(sensors),
+            "per_sensor": MetadataValue.md(markdown_table(sensors, limit=len(sensors))),
+        }
+        context.add_asset_metadata(metadata, partition_key=day.isoformat())
     return MaterializeResult()
 
 

@@ -147,3 +147,25 @@ def _table(rows: list[dict[str, Any]], columns: dict[str, str], total: int) -> p
 def _frame(rows: list[dict[str, Any]], columns: dict[str, str]) -> pd.DataFrame:
     frame = pd.DataFrame.from_records(rows, columns=list(columns))
     return frame.astype(columns).reset_index(drop=True)
+
+
+SENSOR_COLUMNS = {"sensor": "string", "ips": "int64", "sessions": "int64", "ips_only_here": "int64"}
+
+
+def sensor_table(rows: Sequence[tuple[str, str, int]]) -> pd.DataFrame:
+    """Per sensor of a day, from (sensor, ip, sessions) rows: its IPs, its sessions and the IPs no other
+    sensor saw that day; ordered by IPs, ties by name."""
+    sensors_of: dict[str, set[str]] = {}
+    for sensor, ip, _ in rows:
+        sensors_of.setdefault(ip, set()).add(sensor)
+    totals: dict[str, list[int]] = {}
+    for sensor, ip, sessions in rows:
+        counts = totals.setdefault(sensor, [0, 0, 0])
+        counts[0] += 1
+        counts[1] += sessions
+        counts[2] += len(sensors_of[ip]) == 1
+    table = [
+        {"sensor": sensor, "ips": ips, "sessions": sessions, "ips_only_here": only}
+        for sensor, (ips, sessions, only) in sorted(totals.items(), key=lambda item: (-item[1][0], item[0]))
+    ]
+    return _frame(table, SENSOR_COLUMNS)

@@ -23,6 +23,7 @@ from enrichment_pipeline.core.inventory.queries import (
     fetch_inventory,
     fresh_ips,
     ips_seen_on,
+    sensor_activity_on,
     stalest_ips,
 )
 from enrichment_pipeline.core.inventory.schema import (
@@ -72,6 +73,7 @@ __all__ = [
     "fresh_ips",
     "ip_records",
     "ips_seen_on",
+    "sensor_activity_on",
     "list_asns",
     "make_engine",
     "rebuild_asn_inventory",

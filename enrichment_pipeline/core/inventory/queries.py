@@ -26,6 +26,7 @@ from enrichment_pipeline.core.inventory.schema import (
     DAILY_ACTIVITY,
     FAILURES,
     INVENTORY,
+    SENSOR_ACTIVITY,
 )
 from enrichment_pipeline.core.inventory.validation import check_aware, check_source
 from enrichment_pipeline.core.records import SOURCES
@@ -129,6 +130,14 @@ def fetch_failures(engine: Engine) -> list[dict[str, Any]]:
     with engine.connect() as conn:
         query = select(FAILURES).order_by(FAILURES.c.ip_address, FAILURES.c.source)
         return [dict(row) for row in conn.execute(query).mappings()]
+
+
+def sensor_activity_on(engine: Engine, day: date) -> list[tuple[str, str, int]]:
+    """(sensor, ip, sessions) of every `ip_sensor_activity` row of `day`."""
+    sensors = SENSOR_ACTIVITY.c
+    query = select(sensors.sensor, sensors.ip_address, sensors.session_count).where(sensors.day == day)
+    with engine.connect() as conn:
+        return [tuple(row) for row in conn.execute(query)]
 
 
 def ips_seen_on(engine: Engine, day: date) -> set[str]:
