@@ -36,6 +36,7 @@ from enrichment_pipeline.standins.cymru_server import (
     CymruStandinServer,
     standin_origins,
 )
+from enrichment_pipeline_tests.support.asn_state import assert_asn_inventory_exact
 from enrichment_pipeline_tests.support.postgres import FreshDatabase
 from enrichment_pipeline_tests.support.synthetic_days import (
     database_state,
@@ -183,6 +184,8 @@ def test_concurrent_backfill_loses_and_doubles_nothing_and_a_repeat_changes_noth
     with engine.connect() as conn:
         activity_rows = conn.execute(select(func.count()).select_from(DAILY_ACTIVITY)).scalar_one()
     assert activity_rows == len(DAYS) * IPS_PER_DAY
+    # The ASN inventory the concurrent runs kept equals a recomputation from ip_inventory + ip_daily_activity.
+    assert sum(row["ip_count"] for row in assert_asn_inventory_exact(engine).values()) == len(expected)
 
     # A backfill over days already done: identical, down to when each answer was stored.
     assert database_state(engine) == after_first
