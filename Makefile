@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export DAGSTER_HOME ?= $(CURDIR)/dagster_home
 
-.PHONY: install demo test lint format validate dev dev-postgres bench clean
+.PHONY: install demo test lint format validate dev dev-postgres workers bench clean
 
 install: $(STAMP)
 
@@ -13,7 +13,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,celery]'
 	touch $(STAMP)
 
 demo: install
@@ -47,6 +47,29 @@ dev-postgres: install
 	  printenv $$name >/dev/null || { echo "dev-postgres: set $$name (README, Orchestration)" >&2; exit 1; }; \
 	done
 	DAGSTER_HOME=$(CURDIR)/dagster_home/postgres $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p $(DEV_PORT)
+
+# Celery workers for `enrich_day_celery` (README, "Scale out with Celery"): WORKERS processes on this host, each
+# running one step at a time, bound to the broker only (CELERY_BROKER_URL / CELERY_BACKEND_URL, default Redis on
+# 127.0.0.1:6379). They need what the daemon's host has: the DAGSTER_PG_* variables, the pipeline's variables
+# (ENRICHMENT_DB_URL on PostgreSQL, COWRIE_LOG_DIR, CYMRU_*, GREYNOISE_*...) and the same paths. Ctrl-C stops
+# them. VISIBILITY_TIMEOUT_S: after how long a dead worker's task is run again (longer than any step).
+WORKERS ?= 2
+VISIBILITY_TIMEOUT_S ?= 3600
+WORKER_HOME := $(CURDIR)/dagster_home/postgres
+WORKER_CONFIG := $(WORKER_HOME)/celery_worker.yaml
+workers: install
+	@for name in DAGSTER_PG_HOST DAGSTER_PG_PORT DAGSTER_PG_USER DAGSTER_PG_PASSWORD DAGSTER_PG_DB; do \
+	  printenv $$name >/dev/null || { echo "workers: set $$name (README, Scale out with Celery)" >&2; exit 1; }; \
+	done
+	DAGSTER_HOME=$(WORKER_HOME) $(BIN)/python -c 'import sys, enrichment_pipeline.jobs as jobs; \
+	  jobs.write_celery_worker_config(sys.argv[1], visibility_timeout_s=int(sys.argv[2]))' $(WORKER_CONFIG) $(VISIBILITY_TIMEOUT_S)
+	@trap 'kill $$(jobs -p) 2>/dev/null; wait' INT TERM; \
+	for n in $$(seq 1 $(WORKERS)); do \
+	  DAGSTER_HOME=$(WORKER_HOME) PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dagster-celery worker start \
+	    -A dagster_celery.app -y $(WORKER_CONFIG) -n worker$$n -i enrichment_pipeline.definitions -- \
+	    --concurrency=1 & \
+	done; \
+	wait
 
 # The performance suite (issue 7): prints its table and adds it to bench/RESULTS.md (~5 min).
 bench: install

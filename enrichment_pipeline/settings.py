@@ -44,6 +44,8 @@ DEFAULTS: dict[str, str] = {
     "ASN_COVERAGE_MIN": "0.9",  # share of a day's IPs that should have an ASN; below it a check warns
     "BACKFILL_DAYS_PER_RUN": "31",  # days one backfill run covers at most (BackfillPolicy.multi_run)
     "ENRICHMENT_STORAGE_DIR": "",  # empty: the per-day Parquet files live under the Dagster instance storage
+    "CELERY_BROKER_URL": "redis://127.0.0.1:6379/0",  # enrich_day_celery / `make workers`: the Celery broker
+    "CELERY_BACKEND_URL": "redis://127.0.0.1:6379/0",  # ... and where workers send each step's events back
 }
 
 

@@ -230,6 +230,17 @@ class DagsterServices:
         )["launchPartitionBackfill"]
         return self._expect_type(result, "LaunchBackfillSuccess")["backfillId"]
 
+    def launch_job_backfill(self, job_name: str, partitions: list[str], title: str) -> str:
+        """The job page's 'Materialize' over partitions: a backfill of that job (its runs are `job_name`'s
+        runs, with its executor), batched by the assets' BackfillPolicy; its id."""
+        selector = {"partitionSetName": f"{job_name}_partition_set", "repositorySelector": self.repository_selector()}
+        result = self.graphql(
+            "mutation($p: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $p) {"
+            " __typename ... on LaunchBackfillSuccess { backfillId } ... on Error { message } } }",
+            {"p": {"selector": selector, "partitionNames": partitions, "title": title}},
+        )["launchPartitionBackfill"]
+        return self._expect_type(result, "LaunchBackfillSuccess")["backfillId"]
+
     def backfill_status(self, backfill_id: str) -> str:
         result = self.graphql(
             "query($id: String!) { partitionBackfillOrError(backfillId: $id) { __typename"
