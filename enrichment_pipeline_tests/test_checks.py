@@ -119,7 +119,7 @@ def test_an_ip_missing_from_the_inventory_fails_the_error_check(project, tmp_pat
 
         # Ingest again plus the two checks, without the merge that would repair the row. (Dagster 1.13 cannot
         # run partitioned checks without a partitioned asset in the same run.)
-        selection = AssetSelection.assets("cowrie_source_ips") | AssetSelection.checks(
+        selection = AssetSelection.assets("cowrie_source_ips", "cowrie_sensor_activity") | AssetSelection.checks(
             every_ingested_ip_in_inventory, asn_coverage
         )
         job = Definitions(
