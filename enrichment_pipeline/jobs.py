@@ -11,13 +11,10 @@ from typing import Any
 import yaml
 from dagster import (
     AssetSelection,
-    Backoff,
     DagsterError,
     DagsterInstance,
     ExecutorDefinition,
     InitExecutorContext,
-    Jitter,
-    RetryPolicy,
     define_asset_job,
     job,
 )
@@ -26,14 +23,14 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from enrichment_pipeline.assets import daily_report, merged_inventory
+from enrichment_pipeline.assets.common import TRANSIENT_RETRY
 from enrichment_pipeline.ops import refresh_stale_ips
 from enrichment_pipeline.settings import setting
 
 # `*merged_inventory` and the day's report: the whole graph for one ingest day.
 ENRICH_DAY_SELECTION = AssetSelection.assets(merged_inventory).upstream() | AssetSelection.assets(daily_report)
-# Steps without their own policy retry transient errors (a busy database, a network blip); bad configuration
-# raises Failure(allow_retries=False) and is not retried.
-ENRICH_DAY_RETRY = RetryPolicy(max_retries=2, delay=10, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS)
+# Steps without their own policy retry transient errors like every asset does (one policy, in assets.common).
+ENRICH_DAY_RETRY = TRANSIENT_RETRY
 
 enrich_day_job = define_asset_job(
     "enrich_day",
