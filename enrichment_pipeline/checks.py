@@ -28,8 +28,7 @@ from enrichment_pipeline.assets import (
     greynoise_results,
     merged_inventory,
 )
-from enrichment_pipeline.core.day_files import DAY_COLUMN
-from enrichment_pipeline.core.frames import CYMRU_FAILED
+from enrichment_pipeline.core.frames import CYMRU_FAILED, rows_of_day
 from enrichment_pipeline.core.greynoise import FAILED as GREYNOISE_FAILED
 from enrichment_pipeline.core.inventory import DAILY_ACTIVITY, INVENTORY
 from enrichment_pipeline.partitions import ingest_days
@@ -118,10 +117,6 @@ def each_day(
     return None
 
 
-def _rows_of(frame: pd.DataFrame, day: str) -> pd.DataFrame:
-    return frame.loc[frame[DAY_COLUMN] == day]
-
-
 @asset_check(
     asset=merged_inventory,
     partitions_def=ingest_days,
@@ -134,7 +129,7 @@ def every_ingested_ip_in_inventory(
     context: AssetCheckExecutionContext, cowrie_source_ips: pd.DataFrame, inventory: InventoryDatabase
 ) -> AssetCheckResult | None:
     """Every source IP read from the day's log has an ip_inventory row with that day's activity."""
-    return each_day(context, lambda day: _all_in_inventory(inventory, day, _rows_of(cowrie_source_ips, day)))
+    return each_day(context, lambda day: _all_in_inventory(inventory, day, rows_of_day(cowrie_source_ips, day)))
 
 
 def _all_in_inventory(inventory: InventoryDatabase, day: str, ingested: pd.DataFrame) -> AssetCheckResult:
@@ -162,7 +157,7 @@ def asn_coverage(
 ) -> AssetCheckResult | None:
     """The share of the day's IPs with an ASN (MaxMind or Cymru) is at least ASN_COVERAGE_MIN (warns below)."""
     threshold = asn_coverage_min()
-    return each_day(context, lambda day: _coverage(inventory, day, _rows_of(cowrie_source_ips, day), threshold))
+    return each_day(context, lambda day: _coverage(inventory, day, rows_of_day(cowrie_source_ips, day), threshold))
 
 
 def _coverage(inventory: InventoryDatabase, day: str, ingested: pd.DataFrame, threshold: float) -> AssetCheckResult:
@@ -185,7 +180,7 @@ def no_failed_cymru_batches(
     context: AssetCheckExecutionContext, cymru_bulk_results: pd.DataFrame
 ) -> AssetCheckResult | None:
     """No Team Cymru batch failed (warns otherwise: its IPs are on the retry list, asked again later)."""
-    return each_day(context, lambda day: _cymru_failures(context, day, _rows_of(cymru_bulk_results, day)))
+    return each_day(context, lambda day: _cymru_failures(context, day, rows_of_day(cymru_bulk_results, day)))
 
 
 def _cymru_failures(context: AssetCheckExecutionContext, day: str, answers: pd.DataFrame) -> AssetCheckResult:
@@ -209,7 +204,7 @@ def no_failed_greynoise_lookups(
     context: AssetCheckExecutionContext, greynoise_results: pd.DataFrame
 ) -> AssetCheckResult | None:
     """No GreyNoise lookup failed (warns otherwise: those IPs are on the retry list, asked again later)."""
-    return each_day(context, lambda day: _greynoise_failures(_rows_of(greynoise_results, day)))
+    return each_day(context, lambda day: _greynoise_failures(rows_of_day(greynoise_results, day)))
 
 
 def _greynoise_failures(answers: pd.DataFrame) -> AssetCheckResult:

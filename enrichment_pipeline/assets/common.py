@@ -16,8 +16,7 @@ from dagster import (
     TableSchema,
 )
 
-from enrichment_pipeline.core.day_files import DAY_COLUMN
-from enrichment_pipeline.core.frames import markdown_table
+from enrichment_pipeline.core.frames import markdown_table, rows_of_day
 
 GROUP = "ip_enrichment"
 # For the network passes: lookup failures are returned, not raised, so a retry only helps against an
@@ -44,7 +43,7 @@ def report_days(
     `counts(day, rows)` (shown per partition in the UI); `run_metadata` describes the run's work as a whole."""
     if counts is not None:
         for day in context.partition_keys:
-            part = frame.loc[frame[DAY_COLUMN] == day].reset_index(drop=True)
+            part = rows_of_day(frame, day)
             context.add_asset_metadata(frame_metadata(part, **counts(day, part)), partition_key=day)
     if len(context.partition_keys) > 1:
         run_metadata["days_in_run"] = len(context.partition_keys)

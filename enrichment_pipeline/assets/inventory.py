@@ -12,12 +12,12 @@ from dagster import (
 
 from enrichment_pipeline.assets.common import GROUP, TRANSIENT_RETRY
 from enrichment_pipeline.core import freshness as clock
-from enrichment_pipeline.core.day_files import DAY_COLUMN
 from enrichment_pipeline.core.frames import (
     day_activity,
     distinct_ips,
     frame_builds,
     lookup_failures,
+    rows_of_day,
     sensor_activity,
     source_updates,
 )
@@ -55,8 +55,8 @@ def merged_inventory(
     builds = frame_builds(maxmind)
     maxmind_fresh = fresh_ips(engine, maxmind["ip"], "maxmind", ttl, now=now, maxmind_builds=builds)
     updates = source_updates(maxmind, cymru, greynoise, maxmind_fresh=maxmind_fresh)
-    days = {day: day_activity(_of_day(cowrie_source_ips, day)) for day in context.partition_keys}
-    sensors = {date.fromisoformat(day): sensor_activity(_of_day(cowrie_sensor_activity, day)) for day in days}
+    days = {day: day_activity(rows_of_day(cowrie_source_ips, day)) for day in context.partition_keys}
+    sensors = {date.fromisoformat(day): sensor_activity(rows_of_day(cowrie_sensor_activity, day)) for day in days}
     # One transaction for the whole run: a range run that fails leaves every one of its days as it was.
     stats = upsert_days(
         engine,
@@ -85,7 +85,3 @@ def merged_inventory(
             **({"days_in_run": len(days)} if len(days) > 1 else {}),
         }
     )
-
-
-def _of_day(frame: pd.DataFrame, day: str) -> pd.DataFrame:
-    return frame.loc[frame[DAY_COLUMN] == day]

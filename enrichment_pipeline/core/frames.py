@@ -83,6 +83,11 @@ def for_days(per_ip: pd.DataFrame, days_of_ips: pd.DataFrame) -> pd.DataFrame:
     return pairs.merge(per_ip, on="ip", how="inner", validate="many_to_one").reset_index(drop=True)
 
 
+def rows_of_day(frame: pd.DataFrame, day: str) -> pd.DataFrame:
+    """The rows of one day of a per-day frame (a range run's output holds several)."""
+    return frame.loc[frame[DAY_COLUMN] == day].reset_index(drop=True)
+
+
 def distinct_ips(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per IP of a per-day frame, without its `day` column (the answers are the same every day)."""
     per_ip = frame.drop(columns=[DAY_COLUMN]) if DAY_COLUMN in frame.columns else frame
