@@ -3,7 +3,7 @@ every ingested IP is in the inventory, enough of the day's IPs have an ASN, no C
 lookup failed."""
 
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date
 
@@ -70,16 +70,35 @@ class DayCoverage:
 
 def day_coverage(engine: Engine, day: date, ips: Iterable[str]) -> DayCoverage:
     """Compare the day's ingested IPs with the inventory rows that have an `ip_daily_activity` row for it."""
-    expected = set(ips)
+    return coverage_by_day(engine, {day: ips})[day]
+
+
+def coverage_by_day(engine: Engine, ingested: Mapping[date, Iterable[str]]) -> dict[date, DayCoverage]:
+    """`day_coverage` of several days in one query: a range run checks each of its days."""
     query = (
-        select(INVENTORY.c.ip_address, INVENTORY.c.current_asn)
+        select(DAILY_ACTIVITY.c.day, INVENTORY.c.ip_address, INVENTORY.c.current_asn)
         .join(DAILY_ACTIVITY, DAILY_ACTIVITY.c.ip_address == INVENTORY.c.ip_address)
-        .where(DAILY_ACTIVITY.c.day == day)
+        .where(DAILY_ACTIVITY.c.day.in_(sorted(ingested)))
     )
+    stored: dict[date, dict[str, int | None]] = {day: {} for day in ingested}
     with engine.connect() as conn:
-        stored = {ip: asn for ip, asn in conn.execute(query)}
-    with_asn = sum(1 for ip in expected if stored.get(ip) is not None)
-    return DayCoverage(ips=len(expected), missing=sorted(expected - stored.keys()), with_asn=with_asn)
+        for day, ip, asn in conn.execute(query):
+            stored[day][ip] = asn
+    coverage = {}
+    for day, ips in ingested.items():
+        expected, found = set(ips), stored[day]
+        with_asn = sum(1 for ip in expected if found.get(ip) is not None)
+        coverage[day] = DayCoverage(ips=len(expected), missing=sorted(expected - found.keys()), with_asn=with_asn)
+    return coverage
+
+
+def _run_coverage(
+    context: AssetCheckExecutionContext, inventory: InventoryDatabase, ingested: pd.DataFrame
+) -> dict[str, DayCoverage]:
+    """The coverage of each day of the run, by partition key."""
+    days = context.op_execution_context.partition_keys
+    ips = {date.fromisoformat(day): rows_of_day(ingested, day)["ip"] for day in days}
+    return {day.isoformat(): coverage for day, coverage in coverage_by_day(inventory.engine(), ips).items()}
 
 
 def each_day(
@@ -129,11 +148,11 @@ def every_ingested_ip_in_inventory(
     context: AssetCheckExecutionContext, cowrie_source_ips: pd.DataFrame, inventory: InventoryDatabase
 ) -> AssetCheckResult | None:
     """Every source IP read from the day's log has an ip_inventory row with that day's activity."""
-    return each_day(context, lambda day: _all_in_inventory(inventory, day, rows_of_day(cowrie_source_ips, day)))
+    coverage = _run_coverage(context, inventory, cowrie_source_ips)
+    return each_day(context, lambda day: _all_in_inventory(coverage[day]))
 
 
-def _all_in_inventory(inventory: InventoryDatabase, day: str, ingested: pd.DataFrame) -> AssetCheckResult:
-    coverage = day_coverage(inventory.engine(), date.fromisoformat(day), ingested["ip"])
+def _all_in_inventory(coverage: DayCoverage) -> AssetCheckResult:
     return AssetCheckResult(
         passed=not coverage.missing,
         severity=AssetCheckSeverity.ERROR,
@@ -157,11 +176,11 @@ def asn_coverage(
 ) -> AssetCheckResult | None:
     """The share of the day's IPs with an ASN (MaxMind or Cymru) is at least ASN_COVERAGE_MIN (warns below)."""
     threshold = asn_coverage_min()
-    return each_day(context, lambda day: _coverage(inventory, day, rows_of_day(cowrie_source_ips, day), threshold))
+    coverage = _run_coverage(context, inventory, cowrie_source_ips)
+    return each_day(context, lambda day: _coverage(coverage[day], threshold))
 
 
-def _coverage(inventory: InventoryDatabase, day: str, ingested: pd.DataFrame, threshold: float) -> AssetCheckResult:
-    coverage = day_coverage(inventory.engine(), date.fromisoformat(day), ingested["ip"])
+def _coverage(coverage: DayCoverage, threshold: float) -> AssetCheckResult:
     return AssetCheckResult(
         passed=coverage.share_with_asn >= threshold,
         severity=AssetCheckSeverity.WARN,

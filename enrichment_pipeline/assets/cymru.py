@@ -51,12 +51,16 @@ def ips_needing_cymru(
     fresh = fresh_ips(inventory.engine(), set(without_asn["ip"]), "cymru", ttl, now=clock.utc_now())
     needed = without_asn.loc[~without_asn["ip"].isin(fresh)].reset_index(drop=True)
 
+    # Counted per day once for the whole range, not by filtering the frames again for each day.
+    looked_up = maxmind_results[DAY_COLUMN].value_counts()
+    without = without_asn[DAY_COLUMN].value_counts()
+    skipped = without_asn.loc[without_asn["ip"].isin(fresh), DAY_COLUMN].value_counts()
+
     def counts(day: str, rows: pd.DataFrame) -> dict[str, Any]:
-        day_without = without_asn.loc[without_asn[DAY_COLUMN] == day, "ip"]
         return {
             "ips": len(rows),
-            "had_maxmind_asn": int((maxmind_results[DAY_COLUMN] == day).sum()) - len(day_without),
-            "skipped_fresh": int(day_without.isin(fresh).sum()),
+            "had_maxmind_asn": int(looked_up.get(day, 0)) - int(without.get(day, 0)),
+            "skipped_fresh": int(skipped.get(day, 0)),
             "cymru_ttl_days": freshness.cymru_ttl_days,
         }
 
