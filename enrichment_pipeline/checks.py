@@ -199,12 +199,12 @@ def no_failed_cymru_batches(
     context: AssetCheckExecutionContext, cymru_bulk_results: pd.DataFrame
 ) -> AssetCheckResult | None:
     """No Team Cymru batch failed (warns otherwise: its IPs are on the retry list, asked again later)."""
-    return each_day(context, lambda day: _cymru_failures(context, day, rows_of_day(cymru_bulk_results, day)))
+    batches_failed = _materialization_counts(context, "batches_failed")
+    return each_day(context, lambda day: _cymru_failures(batches_failed[day], rows_of_day(cymru_bulk_results, day)))
 
 
-def _cymru_failures(context: AssetCheckExecutionContext, day: str, answers: pd.DataFrame) -> AssetCheckResult:
+def _cymru_failures(batches_failed: int | None, answers: pd.DataFrame) -> AssetCheckResult:
     failed = answers.loc[answers["status"] == CYMRU_FAILED]
-    batches_failed = _materialization_count(context, day, "batches_failed")
     errors = failed["error"].dropna().unique().tolist()[:SAMPLE_SIZE]
     return AssetCheckResult(
         passed=len(failed) == 0 and not batches_failed,
@@ -237,12 +237,21 @@ def _greynoise_failures(answers: pd.DataFrame) -> AssetCheckResult:
     )
 
 
-def _materialization_count(context: AssetCheckExecutionContext, day: str, name: str) -> int | None:
-    """An integer from the metadata of the checked day's latest materialization, if recorded."""
+def _materialization_counts(context: AssetCheckExecutionContext, name: str) -> dict[str, int | None]:
+    """An integer from the metadata of each checked day's latest materialization, if recorded (one query for
+    the run's days, not one per day)."""
+    days = context.op_execution_context.partition_keys
     records = context.instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=cymru_bulk_results.key, asset_partitions=[day]),
-        limit=1,
+        AssetRecordsFilter(asset_key=cymru_bulk_results.key, asset_partitions=days),
+        limit=len(days) * 2,  # a re-materialized day may add its earlier record: the newest come first
     ).records
-    materialization = records[0].asset_materialization if records else None
-    value = materialization.metadata.get(name) if materialization else None
-    return int(value.value) if value is not None else None
+    counts: dict[str, int | None] = dict.fromkeys(days)
+    seen: set[str] = set()
+    for record in records:
+        day = record.partition_key
+        if day in seen or day not in counts:
+            continue
+        seen.add(day)
+        value = record.asset_materialization.metadata.get(name) if record.asset_materialization else None
+        counts[day] = int(value.value) if value is not None else None
+    return counts

@@ -91,6 +91,11 @@ def test_each_day_of_a_range_run_has_its_own_metadata_and_check_results(tmp_path
                 if e.check_name == "every_ingested_ip_in_inventory" and e.partition == day
             ]
             assert coverage[0].metadata["ingested_ips"].value == ips
+            # Read from the day's own materialization (-1 if the check had not found it).
+            (cymru,) = [
+                e for e in evaluations(result) if e.check_name == "no_failed_cymru_batches" and e.partition == day
+            ]
+            assert cymru.metadata["batches_failed"].value == 0
 
 
 def latest(instance: DagsterInstance, asset: str, day: str):

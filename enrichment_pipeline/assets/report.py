@@ -18,7 +18,13 @@ from enrichment_pipeline.core.inventory import (
     sensor_activity_on,
 )
 from enrichment_pipeline.core.inventory.analyst import day_start
-from enrichment_pipeline.core.report import TOP, DailyReport, build_daily_report, sensor_table
+from enrichment_pipeline.core.report import (
+    REPORT_INVENTORY_COLUMNS,
+    TOP,
+    DailyReport,
+    build_daily_report,
+    sensor_table,
+)
 from enrichment_pipeline.partitions import ingest_backfill_policy, ingest_days
 from enrichment_pipeline.resources import InventoryDatabase
 
@@ -40,7 +46,7 @@ def daily_report(context: AssetExecutionContext, inventory: InventoryDatabase) -
         ips = ips_seen_on(engine, day)
         report = build_daily_report(
             day,
-            fetch_inventory(engine, ips),
+            fetch_inventory(engine, ips, columns=REPORT_INVENTORY_COLUMNS),
             new_asns=asns_first_seen_on(engine, day),
             asn_changes=asn_changes_since(engine, ips, day_start(day)),
         )

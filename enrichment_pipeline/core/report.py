@@ -20,6 +20,18 @@ NOT_OBSERVED = "not observed"
 NOT_LOOKED_UP = "not looked up"
 TOP = 10
 
+# The inventory columns a report reads (`inventory.fetch_inventory(..., columns=REPORT_INVENTORY_COLUMNS)`):
+# the timestamps and the rest are not converted for the thousands of rows of a day.
+REPORT_INVENTORY_COLUMNS = (
+    "ip_address",
+    "current_asn",
+    "asn_org",
+    "country_code",
+    "greynoise_noise",
+    "greynoise_riot",
+    "greynoise_classification",
+    "enrichment",
+)
 ASN_COLUMNS = {"asn": "string", "as_org": "string", "ips": "int64", "share_pct": "float64"}
 COUNTRY_COLUMNS = {"country": "string", "ips": "int64", "share_pct": "float64"}
 GREYNOISE_COLUMNS = {"classification": "string", "ips": "int64", "share_pct": "float64"}

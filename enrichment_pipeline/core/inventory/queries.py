@@ -35,15 +35,19 @@ from enrichment_pipeline.core.records import SOURCES
 _STREAM_ROWS = 500
 
 
-def fetch_inventory(engine: Engine, ips: Iterable[str] | None = None) -> list[dict[str, Any]]:
-    """Inventory rows (all, or those of `ips`) as dicts keyed by column name, ordered by IP text."""
+def fetch_inventory(
+    engine: Engine, ips: Iterable[str] | None = None, columns: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
+    """Inventory rows (all, or those of `ips`) as dicts keyed by column name (every column, or `columns`),
+    ordered by IP text."""
+    selected = INVENTORY.columns if columns is None else [INVENTORY.c[name] for name in columns]
+    query = select(*selected).order_by(INVENTORY.c.ip_address)
     with engine.connect() as conn:
-        if ips is None:
-            result = conn.execute(select(INVENTORY).order_by(INVENTORY.c.ip_address))
-            return [dict(row) for row in result.mappings()]
-        among = bulk_sql.among(conn.dialect.name, INVENTORY.c.ip_address, set(ips))
-        result = conn.execute(select(INVENTORY).where(among).order_by(INVENTORY.c.ip_address))
-        return [dict(row) for row in result.mappings()]
+        if ips is not None:
+            query = query.where(bulk_sql.among(conn.dialect.name, INVENTORY.c.ip_address, set(ips)))
+        result = conn.execute(query)
+        names = list(result.keys())  # once: a RowMapping per row looks its keys up again
+        return [dict(zip(names, row, strict=True)) for row in result]
 
 
 def fresh_ips(
