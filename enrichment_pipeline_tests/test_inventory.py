@@ -96,6 +96,7 @@ def test_first_upsert_stores_totals_enrichment_summary_and_stamps(engine: Engine
         "first_seen": at(DAY1, 8),
         "last_seen": at(DAY1, 10),
         "session_count": 3,
+        "event_count": 30,
         "enrichment": {"maxmind": MAXMIND, "cymru": CYMRU},
         "enrichment_updated_at": NOW,
         "maxmind_updated_at": NOW,
@@ -107,7 +108,7 @@ def test_first_upsert_stores_totals_enrichment_summary_and_stamps(engine: Engine
     }
     assert rows[B]["enrichment"] == {}
     assert [rows[B][stamp] for stamp in STAMPS] == [None] * 4
-    assert (rows[B]["session_count"], rows[B]["current_asn"]) == (1, None)
+    assert (rows[B]["session_count"], rows[B]["event_count"], rows[B]["current_asn"]) == (1, 10, None)
     assert rows[A]["first_seen"].tzinfo is UTC and rows[A]["maxmind_updated_at"].tzinfo is UTC
 
 

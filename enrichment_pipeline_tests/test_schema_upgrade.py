@@ -1,7 +1,8 @@
-"""The in-place upgrade: a database created by the release before the ASN inventory (its four tables, frozen in
+"""The in-place upgrades: a database created by the release before the ASN inventory (its four tables, frozen in
 support.schema_release_1), with rows in it, goes through today's `create_schema` -- once, also when several
-runs start at the same time -- and keeps every row, gains `asn_inventory` equal to a recomputation and a
-first `ip_asn_history` row per IP with an ASN, and then upserts as a new database does."""
+runs start at the same time -- and keeps every row, gains `asn_inventory` equal to a recomputation, a first
+`ip_asn_history` row per IP with an ASN and each IP's event total, and then upserts as a new database does.
+A database of the release with the ASN inventory (version 2) gains the event totals alone."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, insert, inspect, select
+from sqlalchemy import Engine, delete, insert, inspect, select, text
 
 from enrichment_pipeline.core.inventory import (
+    INVENTORY,
+    SCHEMA_VERSION,
     Base,
     DayActivity,
     SourceUpdate,
@@ -24,7 +27,7 @@ from enrichment_pipeline.core.inventory import (
     upsert_day,
 )
 from enrichment_pipeline.core.inventory.migrations import CURRENT_VERSION
-from enrichment_pipeline_tests.support.asn_state import assert_asn_inventory_exact, history
+from enrichment_pipeline_tests.support.asn_state import assert_asn_inventory_exact, history, stored_asn_rows
 from enrichment_pipeline_tests.support.schema_release_1 import (
     DAILY_ACTIVITY_V1,
     FAILURES_V1,
@@ -161,7 +164,8 @@ def test_an_existing_inventory_is_upgraded_in_place_once(release_1_database: Eng
     create_schema(engine)
 
     assert old_tables(engine) == before  # every existing row kept as it was
-    assert schema_versions(engine) == [CURRENT_VERSION] == [2]
+    assert schema_versions(engine) == [2, CURRENT_VERSION] == [2, 3]
+    assert event_totals(engine) == {"198.51.100.1": 50, "2001:db8::7": 9, "203.0.113.9": 2}
     rows = assert_asn_inventory_exact(engine)
     assert {asn: (row["ip_count"], row["session_count"], row["event_count"]) for asn, row in rows.items()} == {
         64500: (1, 5, 50),
@@ -233,15 +237,38 @@ def test_concurrent_first_runs_upgrade_the_database_exactly_once(release_1_datab
         for future in [pool.submit(first_run) for _ in range(runs)]:
             future.result(timeout=120)
 
-    assert schema_versions(engine) == [2]
+    assert schema_versions(engine) == [2, 3]
     assert {ip: len(rows) for ip, rows in history(engine).items()} == {"198.51.100.1": 1, "2001:db8::7": 1}
     assert_asn_inventory_exact(engine)
+
+
+def test_a_version_2_database_gains_each_ips_event_total_and_keeps_its_asn_rows(release_1_database: Engine) -> None:
+    engine = release_1_database
+    create_schema(engine)
+    # Back to what the release with the ASN inventory left: no event totals, version 3 not applied.
+    with engine.begin() as conn:
+        conn.execute(text("ALTER TABLE ip_inventory DROP COLUMN event_count"))
+        conn.execute(delete(SCHEMA_VERSION).where(SCHEMA_VERSION.c.version == 3))
+    assert "event_count" not in {column["name"] for column in inspect(engine).get_columns("ip_inventory")}
+    asn_rows = stored_asn_rows(engine)
+
+    create_schema(engine)
+
+    assert schema_versions(engine) == [2, 3]
+    assert event_totals(engine) == {"198.51.100.1": 50, "2001:db8::7": 9, "203.0.113.9": 2}
+    assert stored_asn_rows(engine) == asn_rows  # version 2 had summed the same events from the days
+    assert_asn_inventory_exact(engine)
+
+
+def event_totals(engine: Engine) -> dict[str, int]:
+    with engine.connect() as conn:
+        return dict(conn.execute(select(INVENTORY.c.ip_address, INVENTORY.c.event_count)).all())
 
 
 def test_a_new_database_records_the_current_version_and_builds_nothing(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'new.sqlite'}")
     create_schema(engine)
-    assert schema_versions(engine) == [CURRENT_VERSION]
+    assert schema_versions(engine) == [2, CURRENT_VERSION]
     with engine.connect() as conn:
         assert conn.execute(select(Base.metadata.tables["ip_asn_history"])).all() == []
     engine.dispose()

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, exists, func, or_, select
+from sqlalchemy import Engine, and_, exists, or_, select
 from sqlalchemy.orm import aliased
 from sqlalchemy.sql import Select
 
@@ -135,11 +135,6 @@ def export_rows(engine: Engine, filters: ExportFilters = ExportFilters()) -> Ite
 
 def _export_query(filters: ExportFilters, dialect: str) -> Select[Any]:
     inv, daily = INVENTORY.c, DAILY_ACTIVITY.c
-    events = (
-        select(func.coalesce(func.sum(daily.event_count), 0))
-        .where(daily.ip_address == inv.ip_address)
-        .scalar_subquery()
-    )
     query = select(
         inv.ip_address,
         inv.current_asn,
@@ -148,7 +143,7 @@ def _export_query(filters: ExportFilters, dialect: str) -> Select[Any]:
         inv.first_seen,
         inv.last_seen,
         inv.session_count,
-        events,
+        inv.event_count,
         inv.greynoise_classification,
     ).order_by(inv.ip_address)
     conditions = []

@@ -2,10 +2,11 @@
 transaction of every inventory write (`upsert.upsert_days`, `upsert.upsert_enrichment`), under its lock.
 
 `asn_inventory` is never maintained by increments. `recompute_asn_rows` is the one recomputation of its rows
-from `ip_inventory` + `ip_daily_activity`; an upsert rewrites exactly the ASNs it may have changed (the old
-and the new `current_asn` of every IP it wrote) with it, `rebuild_asn_inventory` every ASN. The writers hold
-the inventory's write lock, so each recomputation sees every committed write and no other writer in
-between: re-runs of a day, backfills in any order and concurrent runs leave what a full recomputation gives.
+from `ip_inventory` (whose per-IP totals each upsert recomputes from `ip_daily_activity`); an upsert rewrites
+exactly the ASNs it may have changed (the old and the new `current_asn` of every IP it wrote) with it,
+`rebuild_asn_inventory` every ASN. The writers hold the inventory's write lock, so each recomputation sees
+every committed write and no other writer in between: re-runs of a day, backfills in any order and concurrent
+runs leave what a full recomputation gives.
 
 What an ASN row shows, deterministically: `asn_org` and `country_code` are the values most common among its
 IPs (NULLs ignored; a tie goes to the smaller text, by code point), `registry` likewise among the registries
@@ -28,7 +29,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, String, Text, and_, case, cast, delete, distinct, func, select
+from sqlalchemy import Connection, Engine, String, Text, and_, case, cast, delete, func, select
 
 from enrichment_pipeline.core import freshness
 from enrichment_pipeline.core.inventory import bulk_sql
@@ -36,11 +37,10 @@ from enrichment_pipeline.core.inventory.engine import lock_inventory, write_tran
 from enrichment_pipeline.core.inventory.schema import (
     ASN_HISTORY,
     ASN_INVENTORY,
-    DAILY_ACTIVITY,
     INVENTORY,
 )
 from enrichment_pipeline.core.merge import asn_source
-from enrichment_pipeline.core.records import DayActivity, SourceUpdate
+from enrichment_pipeline.core.records import SourceUpdate
 
 ASN_COLUMNS: tuple[str, ...] = tuple(column.name for column in ASN_INVENTORY.columns)
 _ASN_UPDATE_COLUMNS: tuple[str, ...] = tuple(name for name in ASN_COLUMNS if name != "asn")
@@ -51,9 +51,9 @@ _SEED_PAGE_IPS = 10_000
 
 
 def recompute_asn_rows(conn: Connection, asns: Iterable[int] | None = None) -> dict[int, dict[str, Any]]:
-    """The `asn_inventory` rows (without `updated_at`) that `ip_inventory` + `ip_daily_activity` give for
-    `asns` (None: every ASN), keyed by ASN; an ASN no inventory IP has is absent. One aggregate query: its
-    groups are (ASN, org, country, registry), folded here into one row per ASN."""
+    """The `asn_inventory` rows (without `updated_at`) that `ip_inventory` gives for `asns` (None: every ASN),
+    keyed by ASN; an ASN no inventory IP has is absent. One aggregate query: its groups are (ASN, org, country,
+    registry), folded here into one row per ASN."""
     inv = INVENTORY.c
     names_this_asn = and_(
         inv.enrichment[("cymru", "status")].as_string() == "routed",
@@ -67,33 +67,25 @@ def recompute_asn_rows(conn: Connection, asns: Iterable[int] | None = None) -> d
         registry = case((has_nul, None), (names_this_asn, registry_of_answer), else_=None)
     else:
         registry = case((names_this_asn, registry_of_answer), else_=None)
-    per_ip = select(
-        inv.ip_address,
-        inv.current_asn.label("asn"),
-        inv.asn_org,
-        inv.country_code,
-        registry.label("registry"),
-    ).where(inv.current_asn.is_not(None))
+    labels = (inv.current_asn, inv.asn_org, inv.country_code, registry.label("registry"))
+    # The IPs' own totals (sums, MIN and MAX over their days, kept by every upsert): no day rows are read.
+    query = (
+        select(
+            *labels,
+            func.count(inv.ip_address),
+            func.sum(inv.session_count),
+            func.sum(inv.event_count),
+            func.min(inv.first_seen),
+            func.max(inv.last_seen),
+        )
+        .where(inv.current_asn.is_not(None))
+        .group_by(*labels)
+    )
     if asns is not None:
         wanted = set(asns)
         if not wanted:
             return {}
-        per_ip = per_ip.where(bulk_sql.among_integers(conn.dialect.name, inv.current_asn, wanted))
-    ips = per_ip.subquery("per_ip")
-    daily = DAILY_ACTIVITY.c
-    labels = (ips.c.asn, ips.c.asn_org, ips.c.country_code, ips.c.registry)
-    query = (
-        select(
-            *labels,
-            func.count(distinct(ips.c.ip_address)),
-            func.sum(daily.session_count),
-            func.sum(daily.event_count),
-            func.min(daily.first_seen),
-            func.max(daily.last_seen),
-        )
-        .select_from(ips.outerjoin(DAILY_ACTIVITY, daily.ip_address == ips.c.ip_address))
-        .group_by(*labels)
-    )
+        query = query.where(bulk_sql.among_integers(conn.dialect.name, inv.current_asn, wanted))
     rows: dict[int, dict[str, Any]] = {}
     counts: dict[int, tuple[Counter[str], Counter[str], Counter[str]]] = {}
     for asn, org, country, registry_name, ip_count, sessions, events, first, last in bulk_sql.fetch(conn, query):
@@ -109,8 +101,9 @@ def recompute_asn_rows(conn: Connection, asns: Iterable[int] | None = None) -> d
             }
             counts[asn] = (Counter(), Counter(), Counter())
         row["ip_count"] += ip_count
-        row["session_count"] += sessions or 0
-        row["event_count"] += events or 0
+        # int(): PostgreSQL sums a BIGINT column as NUMERIC (a Decimal here).
+        row["session_count"] += int(sessions or 0)
+        row["event_count"] += int(events or 0)
         row["first_seen"] = _earliest(row["first_seen"], first)
         row["last_seen"] = _latest(row["last_seen"], last)
         for counter, value in zip(counts[asn], (org, country, registry_name), strict=True):
@@ -166,18 +159,16 @@ def rebuild_asn_inventory(engine: Engine) -> int:
         return sync_asn_inventory(conn, None, freshness.utc_now())
 
 
-def touched_asns(
-    rows: Iterable[Mapping[str, Any]], stored: Mapping[str, Mapping[str, Any]], events_changed: Collection[str] = ()
-) -> set[int]:
+def touched_asns(rows: Iterable[Mapping[str, Any]], stored: Mapping[str, Mapping[str, Any]]) -> set[int]:
     """The ASNs whose rows writing `rows` over `stored` (the rows before, by IP) may change: the new and the
-    stored `current_asn` of each IP whose part in an ASN row changed (its summary columns, totals, Cymru
-    answer, or its events: `events_changed`). An unchanged IP changes no ASN row: a re-run costs nothing."""
+    stored `current_asn` of each IP whose part in an ASN row changed (its summary columns, totals or Cymru
+    answer). An unchanged IP changes no ASN row: a re-run costs nothing."""
     asns: set[int] = set()
     for row in rows:
         before = stored.get(row["ip_address"])
         if before is None:
             asns.add(row["current_asn"])
-        elif row["ip_address"] in events_changed or _part_in_asn_row(before) != _part_in_asn_row(row):
+        elif _part_in_asn_row(before) != _part_in_asn_row(row):
             asns.update((row["current_asn"], before["current_asn"]))
     asns.discard(None)
     return asns
@@ -192,17 +183,11 @@ def _part_in_asn_row(row: Mapping[str, Any]) -> tuple[Any, ...]:
         row["asn_org"],
         row["country_code"],
         row["session_count"],
+        row["event_count"],
         row["first_seen"],
         row["last_seen"],
         cymru,
     )
-
-
-def events_changed(previous: Mapping[str, int], activity: Iterable[DayActivity]) -> set[str]:
-    """The IPs whose event count for one day differs between its replaced rows (`previous`: ip -> events)
-    and its new `activity`, including IPs only in one of them."""
-    new = {row.ip: row.event_count for row in activity}
-    return {ip for ip in previous.keys() | new.keys() if previous.get(ip) != new.get(ip)}
 
 
 def record_history(

@@ -118,6 +118,9 @@ class IpInventory(Base):
     first_seen: Mapped[datetime | None] = mapped_column(UtcDateTime)
     last_seen: Mapped[datetime | None] = mapped_column(UtcDateTime)
     session_count: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
+    # The sum of its days' event counts, like session_count (schema version 3): the ASN rows sum these
+    # instead of joining every day of every IP of an ASN.
+    event_count: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0, server_default="0")
     enrichment: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
     enrichment_updated_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     maxmind_updated_at: Mapped[datetime | None] = mapped_column(UtcDateTime)

@@ -106,17 +106,12 @@ def upsert_days(
     with cyclic_gc_paused(), write_transaction(engine) as conn:
         _lock_inventory(conn)
         touched: set[str] = set()
-        events_changed: set[str] = set()  # IPs whose event total may differ: their ASN's row is recomputed
         for day in sorted(activity):
-            previous = _replace_day_activity(conn, day, activity[day])
-            touched |= previous.keys()
-            events_changed |= asns.events_changed(previous, activity[day])
+            touched |= _replace_day_activity(conn, day, activity[day])
             touched.update(row.ip for row in activity[day])
             if sensor_activity is not None:
                 _replace_sensor_activity(conn, day, sensor_activity.get(day, ()))
-        stats = _merge_and_write(
-            conn, touched, updates, failures, now, activity=activity, events_changed=events_changed
-        )
+        stats = _merge_and_write(conn, touched, updates, failures, now, activity=activity)
     stats.activity_rows = sum(len(rows) for rows in activity.values())
     stats.seconds = time.perf_counter() - started
     return stats
@@ -140,11 +135,10 @@ def _lock_inventory(conn: Connection) -> None:
     lock_inventory(conn)
 
 
-def _replace_day_activity(conn: Connection, day: date, activity: Sequence[DayActivity]) -> dict[str, int]:
-    """Swap the day's activity rows for `activity`; return the IPs the day had before, with their events."""
+def _replace_day_activity(conn: Connection, day: date, activity: Sequence[DayActivity]) -> set[str]:
+    """Swap the day's activity rows for `activity`; return the IPs the day had before."""
     daily = DAILY_ACTIVITY.c
-    replaced = delete(DAILY_ACTIVITY).where(daily.day == day).returning(daily.ip_address, daily.event_count)
-    previous = {ip: events for ip, events in conn.execute(replaced)}
+    previous = set(conn.scalars(delete(DAILY_ACTIVITY).where(daily.day == day).returning(daily.ip_address)))
     rows = [
         {
             "ip_address": row.ip,
@@ -186,11 +180,9 @@ def _merge_and_write(
     now: datetime,
     *,
     activity: Mapping[date, Sequence[DayActivity]] | None = None,
-    events_changed: Collection[str] = (),
 ) -> UpsertStats:
     """Merge and write every touched IP, a chunk of IPs at a time within the caller's transaction.
-    `activity` holds the days whose rows were just written (added from memory instead of read back),
-    `events_changed` the IPs whose event counts changed with them."""
+    `activity` holds the days whose rows were just written (added from memory instead of read back)."""
     days = set(activity or ())
     written = [row for rows in (activity or {}).values() for row in rows]
     ips = sorted(touched | {row.ip for row in updates} | {failure.ip for failure in failures})
@@ -207,7 +199,7 @@ def _merge_and_write(
         rows = _merged_rows(chunk, stored, totals, updates_in[number], now)
         _write_changes(conn, rows, stored)
         stats.asn_changes += asns.record_history(conn, rows, stored, updates_in[number], now)
-        touched_asns |= asns.touched_asns(rows, stored, events_changed)
+        touched_asns |= asns.touched_asns(rows, stored)
         recorded, cleared = _write_failures(conn, rows, updates_in[number], failures_in[number], now)
         stats.inserted += len(chunk) - len(stored)
         stats.updated += len(stored)
@@ -237,6 +229,7 @@ def _read_stored_rows(conn: Connection, ips: Sequence[str]) -> dict[str, dict[st
 @dataclass(frozen=True)
 class _Totals:
     session_count: int
+    event_count: int
     first_seen: datetime | None
     last_seen: datetime | None
 
@@ -250,23 +243,30 @@ def _activity_totals(
     """
     daily = DAILY_ACTIVITY.c
     query = (
-        select(daily.ip_address, func.sum(daily.session_count), func.min(daily.first_seen), func.max(daily.last_seen))
+        select(
+            daily.ip_address,
+            func.sum(daily.session_count),
+            func.sum(daily.event_count),
+            func.min(daily.first_seen),
+            func.max(daily.last_seen),
+        )
         .where(bulk_sql.among(conn.dialect.name, daily.ip_address, ips))
         .group_by(daily.ip_address)
     )
     if days:
         query = query.where(daily.day.not_in(sorted(days)))
     totals = {
-        ip: _Totals(int(session_count), first_seen, last_seen)
-        for ip, session_count, first_seen, last_seen in bulk_sql.fetch(conn, query)
+        ip: _Totals(int(session_count), int(event_count), first_seen, last_seen)
+        for ip, session_count, event_count, first_seen, last_seen in bulk_sql.fetch(conn, query)
     }
     for row in activity:
         other_days = totals.get(row.ip)
         if other_days is None:
-            totals[row.ip] = _Totals(row.session_count, row.first_seen, row.last_seen)
+            totals[row.ip] = _Totals(row.session_count, row.event_count, row.first_seen, row.last_seen)
         else:
             totals[row.ip] = _Totals(
                 other_days.session_count + row.session_count,
+                other_days.event_count + row.event_count,
                 _earliest(other_days.first_seen, row.first_seen),
                 _latest(other_days.last_seen, row.last_seen),
             )
@@ -292,7 +292,7 @@ def _merged_rows(
     updates_by_ip: dict[str, list[SourceUpdate]] = {}
     for source_update in updates:
         updates_by_ip.setdefault(source_update.ip, []).append(source_update)
-    no_activity = _Totals(0, None, None)  # a day re-materialised without this IP may leave none
+    no_activity = _Totals(0, 0, None, None)  # a day re-materialised without this IP may leave none
 
     rows: list[dict[str, Any]] = []
     for ip in ips:
@@ -314,6 +314,7 @@ def _merged_rows(
             greynoise_noise=greynoise.noise,
             greynoise_riot=greynoise.riot,
             session_count=activity.session_count,
+            event_count=activity.event_count,
             first_seen=activity.first_seen,
             last_seen=activity.last_seen,
         )
