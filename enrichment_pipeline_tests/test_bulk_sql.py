@@ -59,6 +59,7 @@ def inventory_rows() -> list[dict[str, Any]]:
                 ][i],
                 "last_seen": NOW + timedelta(microseconds=i),
                 "session_count": i,
+                "event_count": 10 * i,
                 "enrichment": [
                     {},
                     {"maxmind": {"asn": 1, text: [text, 1.5, None, True]}},
