@@ -33,12 +33,16 @@ def write_days(directory: Path, frame: pd.DataFrame, days: Sequence[str]) -> lis
     if unexpected or frame[DAY_COLUMN].isna().any():
         raise ValueError(f"frame holds rows outside the days written ({sorted(map(str, unexpected))})")
     directory.mkdir(parents=True, exist_ok=True)
+    import pyarrow.parquet as pq  # here, not at import: only a run that stores frames needs it
+
+    # Converted to Arrow once for the whole range, then cut per day (a conversion per day costs ~10x more).
+    table = _arrow_table(frame)
+    day_of_row = frame[DAY_COLUMN].to_numpy()
     paths = []
     for day in days:
         path = day_file(directory, day)
-        part = frame.loc[frame[DAY_COLUMN] == day].reset_index(drop=True)
         temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        part.to_parquet(temporary, index=False)
+        pq.write_table(table.filter(day_of_row == day), temporary)
         os.replace(temporary, path)  # a reader sees the old file or the new one, never half of one
         paths.append(path)
     return paths
@@ -46,13 +50,24 @@ def write_days(directory: Path, frame: pd.DataFrame, days: Sequence[str]) -> lis
 
 def read_days(directory: Path, days: Sequence[str]) -> pd.DataFrame:
     """The rows of `days` as one frame, in day order; a day never written is a clear error."""
-    frames = []
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tables = []
     for day in days:
         path = day_file(directory, day)
         if not path.exists():
             raise FileNotFoundError(f"no stored output for {day}: {path} does not exist (materialize that day first)")
-        frames.append(pd.read_parquet(path))
-    if len(frames) == 1:
-        return frames[0]
-    filled = [frame for frame in frames if len(frame)] or frames[:1]  # empty parts add no rows nor dtypes
-    return pd.concat(filled, ignore_index=True)
+        tables.append(pq.read_table(path))
+    filled = [table for table in tables if table.num_rows] or tables[:1]  # empty parts add no rows nor types
+    if all(table.schema.equals(filled[0].schema, check_metadata=True) for table in filled):
+        # The usual case (a range run writes all its days from one table): one conversion for the range.
+        return pa.concat_tables(filled).to_pandas()
+    # Days written by different runs with different types (a column without any value...): pandas decides.
+    return pd.concat([table.to_pandas() for table in filled], ignore_index=True)
+
+
+def _arrow_table(frame: pd.DataFrame):
+    import pyarrow as pa
+
+    return pa.Table.from_pandas(frame, preserve_index=False)
