@@ -13,6 +13,7 @@ from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
     AssetCheckSeverity,
+    AssetCheckSpec,
     AssetIn,
     AssetRecordsFilter,
     Backoff,
@@ -20,6 +21,7 @@ from dagster import (
     PreviewWarning,
     RetryPolicy,
     asset_check,
+    multi_asset_check,
 )
 from sqlalchemy import Engine, select
 
@@ -110,46 +112,100 @@ def each_day(
     day, so the UI shows each day's result; a blocking check that fails any day then fails its step, which
     keeps what depends on the asset from running, as a failed blocking result would.
     """
-    run = context.op_execution_context
-    if run.has_partition_key:
-        return evaluate(run.partition_key)
     (spec,) = context.check_specs
-    failed = []
+    results = each_day_of_checks(context, {spec.name: evaluate})
+    return results[0] if results else None
+
+
+def each_day_of_checks(
+    context: AssetCheckExecutionContext, evaluations: Mapping[str, Callable[[str], AssetCheckResult]]
+) -> list[AssetCheckResult]:
+    """`each_day` for the checks of one step (by check name): their results in a one-day run; in a range
+    run, each day's evaluations recorded per partition and nothing returned."""
+    run = context.op_execution_context
+    specs = {spec.name: spec for spec in context.check_specs}
+    if run.has_partition_key:
+        return [
+            AssetCheckResult(**_fields(evaluate(run.partition_key)), asset_key=specs[name].asset_key, check_name=name)
+            for name, evaluate in evaluations.items()
+        ]
+    failed: dict[str, list[str]] = {}
     for day in run.partition_keys:
-        result = evaluate(day)
-        run.log_event(
-            AssetCheckEvaluation(
-                asset_key=spec.asset_key,
-                check_name=spec.name,
-                passed=result.passed,
-                metadata=result.metadata,
-                severity=result.severity,
-                description=result.description,
-                blocking=spec.blocking,
-                partition=day,
+        for name, evaluate in evaluations.items():
+            spec, result = specs[name], evaluate(day)
+            run.log_event(
+                AssetCheckEvaluation(
+                    asset_key=spec.asset_key,
+                    check_name=spec.name,
+                    passed=result.passed,
+                    metadata=result.metadata,
+                    severity=result.severity,
+                    description=result.description,
+                    blocking=spec.blocking,
+                    partition=day,
+                )
+            )
+            if spec.blocking and not result.passed and result.severity == AssetCheckSeverity.ERROR:
+                failed.setdefault(name, []).append(day)
+    if failed:
+        raise Failure(
+            description="; ".join(
+                f"{name} failed for {len(days)} day(s) of the run: {', '.join(days)}" for name, days in failed.items()
             )
         )
-        if not result.passed and result.severity == AssetCheckSeverity.ERROR:
-            failed.append(day)
-    if spec.blocking and failed:
-        raise Failure(description=f"{spec.name} failed for {len(failed)} day(s) of the run: {', '.join(failed)}")
-    return None
+    return []
 
 
-@asset_check(
-    asset=merged_inventory,
-    partitions_def=ingest_days,
-    additional_ins={"cowrie_source_ips": AssetIn("cowrie_source_ips")},
-    # Blocking: what is built on top of the inventory (reports) waits for, and skips on, a broken day.
-    blocking=True,
+def _fields(result: AssetCheckResult) -> dict:
+    return {
+        "passed": result.passed,
+        "severity": result.severity,
+        "description": result.description,
+        "metadata": result.metadata,
+    }
+
+
+# Both read the same coverage of the day in the inventory: one step, one query, run together.
+INVENTORY_CHECKS = [
+    AssetCheckSpec(
+        "every_ingested_ip_in_inventory",
+        asset=merged_inventory,
+        partitions_def=ingest_days,
+        additional_deps=["cowrie_source_ips"],  # loaded through `ins` below
+        # Blocking: what is built on top of the inventory (reports) waits for, and skips on, a broken day.
+        blocking=True,
+        description="Every source IP read from the day's log has an ip_inventory row with that day's activity.",
+    ),
+    AssetCheckSpec(
+        "asn_coverage",
+        asset=merged_inventory,
+        partitions_def=ingest_days,
+        additional_deps=["cowrie_source_ips"],  # loaded through `ins` below
+        description=(
+            "The share of the day's IPs with an ASN (MaxMind or Cymru) is at least ASN_COVERAGE_MIN (warns below)."
+        ),
+    ),
+]
+
+
+@multi_asset_check(
+    specs=INVENTORY_CHECKS,
+    ins={"cowrie_source_ips": AssetIn("cowrie_source_ips")},
     retry_policy=READ_RETRY,
+    can_subset=True,  # either check can run alone; a range run records its results as events, not outputs
 )
-def every_ingested_ip_in_inventory(
+def inventory_coverage(
     context: AssetCheckExecutionContext, cowrie_source_ips: pd.DataFrame, inventory: InventoryDatabase
-) -> AssetCheckResult | None:
-    """Every source IP read from the day's log has an ip_inventory row with that day's activity."""
+) -> Iterable[AssetCheckResult]:
+    """The day's ingested IPs against the inventory: `every_ingested_ip_in_inventory` and `asn_coverage`."""
+    threshold = asn_coverage_min()
     coverage = _run_coverage(context, inventory, cowrie_source_ips)
-    return each_day(context, lambda day: _all_in_inventory(coverage[day]))
+    evaluations = {
+        "every_ingested_ip_in_inventory": lambda day: _all_in_inventory(coverage[day]),
+        "asn_coverage": lambda day: _coverage(coverage[day], threshold),
+    }
+    selected = {key.name for key in context.op_execution_context.selected_asset_check_keys}
+    yield from each_day_of_checks(context, {name: check for name, check in evaluations.items() if name in selected})
 
 
 def _all_in_inventory(coverage: DayCoverage) -> AssetCheckResult:
@@ -163,21 +219,6 @@ def _all_in_inventory(coverage: DayCoverage) -> AssetCheckResult:
             "missing_sample": ", ".join(coverage.missing[:SAMPLE_SIZE]),
         },
     )
-
-
-@asset_check(
-    asset=merged_inventory,
-    partitions_def=ingest_days,
-    additional_ins={"cowrie_source_ips": AssetIn("cowrie_source_ips")},
-    retry_policy=READ_RETRY,
-)
-def asn_coverage(
-    context: AssetCheckExecutionContext, cowrie_source_ips: pd.DataFrame, inventory: InventoryDatabase
-) -> AssetCheckResult | None:
-    """The share of the day's IPs with an ASN (MaxMind or Cymru) is at least ASN_COVERAGE_MIN (warns below)."""
-    threshold = asn_coverage_min()
-    coverage = _run_coverage(context, inventory, cowrie_source_ips)
-    return each_day(context, lambda day: _coverage(coverage[day], threshold))
 
 
 def _coverage(coverage: DayCoverage, threshold: float) -> AssetCheckResult:

@@ -12,8 +12,7 @@ from sqlalchemy import select
 
 from enrichment_pipeline.assets import enrichment_assets
 from enrichment_pipeline.checks import (
-    asn_coverage,
-    every_ingested_ip_in_inventory,
+    inventory_coverage,
     no_failed_cymru_batches,
     no_failed_greynoise_lookups,
 )
@@ -23,7 +22,7 @@ from enrichment_pipeline_tests.support.expected_ips import distinct_valid_ips
 from enrichment_pipeline_tests.support.graph_run import graph_resources
 
 DAYS = ["2018-05-06", "2018-05-07", "2018-05-08"]
-CHECKS = [every_ingested_ip_in_inventory, asn_coverage, no_failed_cymru_batches, no_failed_greynoise_lookups]
+CHECKS = [inventory_coverage, no_failed_cymru_batches, no_failed_greynoise_lookups]
 STAMPS = ("enrichment_updated_at", "maxmind_updated_at", "cymru_updated_at", "greynoise_updated_at")
 
 

@@ -15,10 +15,10 @@ from sqlalchemy import delete
 
 from enrichment_pipeline.checks import (
     ASN_COVERAGE_ENV,
-    asn_coverage,
+    INVENTORY_CHECKS,
     asn_coverage_min,
     day_coverage,
-    every_ingested_ip_in_inventory,
+    inventory_coverage,
 )
 from enrichment_pipeline.core.inventory import (
     DAILY_ACTIVITY,
@@ -117,10 +117,10 @@ def test_an_ip_missing_from_the_inventory_fails_the_error_check(project, tmp_pat
             conn.execute(delete(DAILY_ACTIVITY).where(DAILY_ACTIVITY.c.ip_address == victim))
             conn.execute(delete(INVENTORY).where(INVENTORY.c.ip_address == victim))
 
-        # Ingest again plus the two checks, without the merge that would repair the row. (Dagster 1.13 cannot
-        # run partitioned checks without a partitioned asset in the same run.)
+        # Ingest again plus the inventory's two checks (one step), without the merge that would repair the row.
+        # (Dagster 1.13 cannot run partitioned checks without a partitioned asset in the same run.)
         selection = AssetSelection.assets("cowrie_source_ips", "cowrie_sensor_activity") | AssetSelection.checks(
-            every_ingested_ip_in_inventory, asn_coverage
+            inventory_coverage
         )
         job = Definitions(
             assets=project.assets,
@@ -168,3 +168,22 @@ def test_the_coverage_threshold_must_be_a_share(monkeypatch):
         monkeypatch.setenv(ASN_COVERAGE_ENV, bad)
         with pytest.raises(ValueError, match=ASN_COVERAGE_ENV):
             asn_coverage_min()
+
+
+def test_either_inventory_check_runs_alone(project):
+    """The two inventory checks share one step (one coverage query) but stay selectable one by one."""
+    asn_only = next(spec for spec in INVENTORY_CHECKS if spec.name == "asn_coverage")
+    selection = AssetSelection.assets("cowrie_source_ips", "cowrie_sensor_activity") | AssetSelection.checks(
+        asn_only.key
+    )
+    job = Definitions(
+        assets=project.assets,
+        asset_checks=project.asset_checks,
+        jobs=[define_asset_job("asn_check_only", selection)],
+        resources=project.resources,
+    ).resolve_job_def("asn_check_only")
+    with instance_for_test() as instance:
+        run_enrich_day(project, instance)
+        result = job.execute_in_process(partition_key=DAY, instance=instance)
+    assert result.success
+    assert [evaluation.check_name for evaluation in result.get_asset_check_evaluations()] == ["asn_coverage"]
