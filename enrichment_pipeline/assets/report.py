@@ -41,7 +41,8 @@ def daily_report(context: AssetExecutionContext, inventory: InventoryDatabase) -
     """Each day's source IPs by ASN (with organisation), country and GreyNoise classification; the ASNs first
     seen that day and the day's IPs that changed ASN since."""
     engine = inventory.engine()
-    for day in partition_days(context):
+    days = partition_days(context)
+    for day in days:
         started = time.perf_counter()
         ips = ips_seen_on(engine, day)
         report = build_daily_report(
@@ -50,7 +51,8 @@ def daily_report(context: AssetExecutionContext, inventory: InventoryDatabase) -
             new_asns=asns_first_seen_on(engine, day),
             asn_changes=asn_changes_since(engine, ips, day_start(day)),
         )
-        context.log.info(report.headline)
+        if len(days) == 1:  # a range's headlines are in its days' metadata, not one log line each
+            context.log.info(report.headline)
         sensors = sensor_table(sensor_activity_on(engine, day))
         metadata = {
             **_metadata(report, time.perf_counter() - started),
@@ -58,6 +60,8 @@ def daily_report(context: AssetExecutionContext, inventory: InventoryDatabase) -
             "per_sensor": MetadataValue.md(markdown_table(sensors, limit=len(sensors))),
         }
         context.add_asset_metadata(metadata, partition_key=day.isoformat())
+    if len(days) > 1:
+        context.log.info(f"reported {len(days)} days, {days[0]}..{days[-1]}: each day's summary is in its metadata")
     return MaterializeResult()
 
 
