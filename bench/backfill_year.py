@@ -475,8 +475,10 @@ def backfill_rows(out_dir: Path) -> tuple[list[Row], list[str]]:
             f"{count.expected_observed} = Σ ceil(new IPs/{CYMRU_BATCH}) as the runs overlapped;"
             f" {count.expected_sequential} if they had not",
             count.sent / count.expected_observed,
-            "= expected",
-            verdict(count.sent == count.expected_observed),
+            # "New" is judged at the step's start; its freshness query runs a moment later, when another
+            # run's merge may just have committed: fewer requests, never fewer than without any overlap.
+            "between the two",
+            verdict(count.expected_sequential <= count.sent <= count.expected_observed),
         ),
         Row(
             "Backfill a year: IPs sent to Cymru",
