@@ -119,15 +119,7 @@ def test_an_ip_missing_from_the_inventory_fails_the_error_check(project, tmp_pat
 
         # Ingest again plus the inventory's two checks (one step), without the merge that would repair the row.
         # (Dagster 1.13 cannot run partitioned checks without a partitioned asset in the same run.)
-        selection = AssetSelection.assets("cowrie_source_ips", "cowrie_sensor_activity") | AssetSelection.checks(
-            inventory_coverage
-        )
-        job = Definitions(
-            assets=project.assets,
-            asset_checks=project.asset_checks,
-            jobs=[define_asset_job("ingest_and_check", selection)],
-            resources=project.resources,
-        ).resolve_job_def("ingest_and_check")
+        job = ingest_and_check_job(project, inventory_coverage)
         result = job.execute_in_process(partition_key=DAY, instance=instance, raise_on_error=False)
     evaluations = {evaluation.check_name: evaluation for evaluation in result.get_asset_check_evaluations()}
     missing = evaluations["every_ingested_ip_in_inventory"]
@@ -173,17 +165,20 @@ def test_the_coverage_threshold_must_be_a_share(monkeypatch):
 def test_either_inventory_check_runs_alone(project):
     """The two inventory checks share one step (one coverage query) but stay selectable one by one."""
     asn_only = next(spec for spec in INVENTORY_CHECKS if spec.name == "asn_coverage")
-    selection = AssetSelection.assets("cowrie_source_ips", "cowrie_sensor_activity") | AssetSelection.checks(
-        asn_only.key
-    )
-    job = Definitions(
-        assets=project.assets,
-        asset_checks=project.asset_checks,
-        jobs=[define_asset_job("asn_check_only", selection)],
-        resources=project.resources,
-    ).resolve_job_def("asn_check_only")
+    job = ingest_and_check_job(project, asn_only.key)
     with instance_for_test() as instance:
         run_enrich_day(project, instance)
         result = job.execute_in_process(partition_key=DAY, instance=instance)
     assert result.success
     assert [evaluation.check_name for evaluation in result.get_asset_check_evaluations()] == ["asn_coverage"]
+
+
+def ingest_and_check_job(project: Definitions, *checks):
+    """The day's ingest plus `checks` (check definitions or keys), without the merge."""
+    selection = AssetSelection.assets("cowrie_source_ips", "cowrie_sensor_activity") | AssetSelection.checks(*checks)
+    return Definitions(
+        assets=project.assets,
+        asset_checks=project.asset_checks,
+        jobs=[define_asset_job("ingest_and_check", selection)],
+        resources=project.resources,
+    ).resolve_job_def("ingest_and_check")
