@@ -135,12 +135,9 @@ def each_day_of_checks(
             spec, result = specs[name], evaluate(day)
             run.log_event(
                 AssetCheckEvaluation(
+                    **_fields(result),
                     asset_key=spec.asset_key,
                     check_name=spec.name,
-                    passed=result.passed,
-                    metadata=result.metadata,
-                    severity=result.severity,
-                    description=result.description,
                     blocking=spec.blocking,
                     partition=day,
                 )
@@ -157,6 +154,7 @@ def each_day_of_checks(
 
 
 def _fields(result: AssetCheckResult) -> dict:
+    """What an evaluation says, to be recorded against a check (and a day) of the caller's choosing."""
     return {
         "passed": result.passed,
         "severity": result.severity,
@@ -290,7 +288,7 @@ def _materialization_counts(context: AssetCheckExecutionContext, name: str) -> d
     seen: set[str] = set()
     for record in records:
         day = record.partition_key
-        if day in seen or day not in counts:
+        if day in seen:  # newest first: the day's latest is already counted
             continue
         seen.add(day)
         value = record.asset_materialization.metadata.get(name) if record.asset_materialization else None

@@ -27,16 +27,17 @@ def day_file(directory: Path, day: str) -> Path:
 def write_days(directory: Path, frame: pd.DataFrame, days: Sequence[str]) -> list[Path]:
     """Write the rows of each of `days` to its file (a day without rows gets an empty file of the same
     columns); each file replaces the old one atomically. Rows of any other day are an error."""
+    import pyarrow as pa  # here, not at import: only a run that stores or loads frames needs pyarrow
+    import pyarrow.parquet as pq
+
     if DAY_COLUMN not in frame.columns:
         raise ValueError(f"a per-day frame needs a {DAY_COLUMN!r} column; got {list(frame.columns)}")
     unexpected = set(frame[DAY_COLUMN].dropna().unique()) - set(days)
     if unexpected or frame[DAY_COLUMN].isna().any():
         raise ValueError(f"frame holds rows outside the days written ({sorted(map(str, unexpected))})")
     directory.mkdir(parents=True, exist_ok=True)
-    import pyarrow.parquet as pq  # here, not at import: only a run that stores frames needs it
-
     # Converted to Arrow once for the whole range, then cut per day (a conversion per day costs ~10x more).
-    table = _arrow_table(frame)
+    table = pa.Table.from_pandas(frame, preserve_index=False)
     day_of_row = frame[DAY_COLUMN].to_numpy()
     paths = []
     for day in days:
@@ -65,9 +66,3 @@ def read_days(directory: Path, days: Sequence[str]) -> pd.DataFrame:
         return pa.concat_tables(filled).to_pandas()
     # Days written by different runs with different types (a column without any value...): pandas decides.
     return pd.concat([table.to_pandas() for table in filled], ignore_index=True)
-
-
-def _arrow_table(frame: pd.DataFrame):
-    import pyarrow as pa
-
-    return pa.Table.from_pandas(frame, preserve_index=False)
