@@ -4,6 +4,7 @@ from dagster import Definitions, ExecutorDefinition, Field, multi_or_in_process_
 
 from enrichment_pipeline.assets import enrichment_assets
 from enrichment_pipeline.checks import inventory_coverage, no_failed_cymru_batches, no_failed_greynoise_lookups
+from enrichment_pipeline.core.gc_pause import freeze_loaded
 from enrichment_pipeline.jobs import enrich_day_celery_job, enrich_day_job, refresh_stale
 from enrichment_pipeline.resources import build_resources
 from enrichment_pipeline.run_reaper import dead_run_reaper
@@ -31,3 +32,6 @@ defs = Definitions(
     resources=build_resources(),
     executor=in_process_by_default,
 )
+
+# Last: everything above stays loaded for the life of the process; the cycle collector need not walk it again.
+freeze_loaded()

@@ -4,6 +4,8 @@ collector that was off before stays off."""
 from __future__ import annotations
 
 import gc
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -60,3 +62,16 @@ def test_a_collector_that_was_off_stays_off() -> None:
     with cyclic_gc_paused():
         pass
     assert not gc.isenabled()
+
+
+def test_loading_the_definitions_freezes_what_they_loaded() -> None:
+    # A fresh interpreter: this one may have loaded (and frozen) the definitions already.
+    code = (
+        "import gc; before = gc.get_freeze_count(); import enrichment_pipeline.definitions;"
+        " print(before, gc.get_freeze_count())"
+    )
+    before, after = map(
+        int, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    )
+    assert before == 0
+    assert after > 100_000  # Dagster, pandas and our modules, out of the collector's generations
