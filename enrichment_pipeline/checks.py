@@ -1,9 +1,9 @@
 """Per-day asset checks, shown next to their assets in the UI and run with every materialization of them:
-every ingested IP is in the inventory, enough of the day's IPs have an ASN, no Cymru batch or GreyNoise
-lookup failed."""
+every ingested IP is in the inventory, enough of the day's IPs have an ASN (one check step after the merge),
+no Cymru batch or GreyNoise lookup failed (evaluated by the lookup's own step, from what it just did)."""
 
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date
 
@@ -14,22 +14,18 @@ from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
+    AssetExecutionContext,
     AssetIn,
-    AssetRecordsFilter,
     Backoff,
     Failure,
+    OpExecutionContext,
+    Output,
     PreviewWarning,
     RetryPolicy,
-    asset_check,
     multi_asset_check,
 )
 from sqlalchemy import Engine, select
 
-from enrichment_pipeline.assets import (
-    cymru_bulk_results,
-    greynoise_results,
-    merged_inventory,
-)
 from enrichment_pipeline.core.frames import CYMRU_FAILED, rows_of_day
 from enrichment_pipeline.core.greynoise import FAILED as GREYNOISE_FAILED
 from enrichment_pipeline.core.inventory import DAILY_ACTIVITY, INVENTORY
@@ -103,36 +99,26 @@ def _run_coverage(
     return {day.isoformat(): coverage for day, coverage in coverage_by_day(inventory.engine(), ips).items()}
 
 
-def each_day(
-    context: AssetCheckExecutionContext, evaluate: Callable[[str], AssetCheckResult]
-) -> AssetCheckResult | None:
-    """Evaluate the check for every day of the run, each result recorded against its own partition.
-
-    A one-day run returns its result as usual. A range run (a batched backfill) records one evaluation per
-    day, so the UI shows each day's result; a blocking check that fails any day then fails its step, which
-    keeps what depends on the asset from running, as a failed blocking result would.
-    """
-    (spec,) = context.check_specs
-    results = each_day_of_checks(context, {spec.name: evaluate})
-    return results[0] if results else None
-
-
 def each_day_of_checks(
-    context: AssetCheckExecutionContext, evaluations: Mapping[str, Callable[[str], AssetCheckResult]]
+    run: OpExecutionContext, evaluations: Mapping[str, Callable[[str], AssetCheckResult]]
 ) -> list[AssetCheckResult]:
-    """`each_day` for the checks of one step (by check name): their results in a one-day run; in a range
-    run, each day's evaluations recorded per partition and nothing returned."""
-    run = context.op_execution_context
-    specs = {spec.name: spec for spec in context.check_specs}
+    """Evaluate the step's selected checks (`evaluations` by check name) for every day of the run.
+
+    A one-day run returns their results, as a check step usually does. A range run (a batched backfill)
+    records one evaluation per check and day against the day's partition, so the UI shows each day's result,
+    and returns nothing; a blocking check that fails any day then fails the step, which keeps what depends
+    on its asset from running, as a failed blocking result would.
+    """
+    specs = {spec.name: spec for spec in run.assets_def.check_specs}  # only the selected ones
     if run.has_partition_key:
         return [
-            AssetCheckResult(**_fields(evaluate(run.partition_key)), asset_key=specs[name].asset_key, check_name=name)
-            for name, evaluate in evaluations.items()
+            AssetCheckResult(**_fields(evaluations[name](run.partition_key)), asset_key=spec.asset_key, check_name=name)
+            for name, spec in specs.items()
         ]
     failed: dict[str, list[str]] = {}
     for day in run.partition_keys:
-        for name, evaluate in evaluations.items():
-            spec, result = specs[name], evaluate(day)
+        for name, spec in specs.items():
+            result = evaluations[name](day)
             run.log_event(
                 AssetCheckEvaluation(
                     **_fields(result),
@@ -153,6 +139,18 @@ def each_day_of_checks(
     return []
 
 
+def report_checks(
+    context: AssetExecutionContext, evaluations: Mapping[str, Callable[[str], AssetCheckResult]]
+) -> Iterator[AssetCheckResult | Output]:
+    """An asset's own checks (its `check_specs`), yielded after its result: each day's evaluations as
+    `each_day_of_checks` makes them; a range run then yields the empty output each check of the step owes."""
+    run = context.op_execution_context
+    yield from each_day_of_checks(run, evaluations)
+    if not run.has_partition_key:
+        for output_name in run.assets_def.check_specs_by_output_name:
+            yield Output(None, output_name=output_name)
+
+
 def _fields(result: AssetCheckResult) -> dict:
     """What an evaluation says, to be recorded against a check (and a day) of the caller's choosing."""
     return {
@@ -167,7 +165,7 @@ def _fields(result: AssetCheckResult) -> dict:
 INVENTORY_CHECKS = [
     AssetCheckSpec(
         "every_ingested_ip_in_inventory",
-        asset=merged_inventory,
+        asset="merged_inventory",
         partitions_def=ingest_days,
         additional_deps=["cowrie_source_ips"],  # loaded through `ins` below
         # Blocking: what is built on top of the inventory (reports) waits for, and skips on, a broken day.
@@ -176,7 +174,7 @@ INVENTORY_CHECKS = [
     ),
     AssetCheckSpec(
         "asn_coverage",
-        asset=merged_inventory,
+        asset="merged_inventory",
         partitions_def=ingest_days,
         additional_deps=["cowrie_source_ips"],  # loaded through `ins` below
         description=(
@@ -202,8 +200,7 @@ def inventory_coverage(
         "every_ingested_ip_in_inventory": lambda day: _all_in_inventory(coverage[day]),
         "asn_coverage": lambda day: _coverage(coverage[day], threshold),
     }
-    selected = {key.name for key in context.op_execution_context.selected_asset_check_keys}
-    yield from each_day_of_checks(context, {name: check for name, check in evaluations.items() if name in selected})
+    yield from each_day_of_checks(context.op_execution_context, evaluations)
 
 
 def _all_in_inventory(coverage: DayCoverage) -> AssetCheckResult:
@@ -233,39 +230,36 @@ def _coverage(coverage: DayCoverage, threshold: float) -> AssetCheckResult:
     )
 
 
-@asset_check(asset=cymru_bulk_results, partitions_def=ingest_days)
-def no_failed_cymru_batches(
-    context: AssetCheckExecutionContext, cymru_bulk_results: pd.DataFrame
-) -> AssetCheckResult | None:
-    """No Team Cymru batch failed (warns otherwise: its IPs are on the retry list, asked again later)."""
-    batches_failed = _materialization_counts(context, "batches_failed")
-    return each_day(context, lambda day: _cymru_failures(batches_failed[day], rows_of_day(cymru_bulk_results, day)))
+# The lookups' checks run in the step that materializes their asset (`check_specs`), from the answers it just
+# got: a failed batch or lookup is a fact of that materialization, not something to read back afterwards.
+NO_FAILED_CYMRU_BATCHES = AssetCheckSpec(
+    "no_failed_cymru_batches",
+    asset="cymru_bulk_results",
+    partitions_def=ingest_days,
+    description="No Team Cymru batch failed (warns otherwise: its IPs are on the retry list, asked again later).",
+)
+NO_FAILED_GREYNOISE_LOOKUPS = AssetCheckSpec(
+    "no_failed_greynoise_lookups",
+    asset="greynoise_results",
+    partitions_def=ingest_days,
+    description="No GreyNoise lookup failed (warns otherwise: those IPs are on the retry list, asked again later).",
+)
 
 
-def _cymru_failures(batches_failed: int | None, answers: pd.DataFrame) -> AssetCheckResult:
+def cymru_failures(batches_failed: int, answers: pd.DataFrame) -> AssetCheckResult:
+    """`no_failed_cymru_batches` of a day: the run's failed batches and the day's IPs left without an answer."""
     failed = answers.loc[answers["status"] == CYMRU_FAILED]
     errors = failed["error"].dropna().unique().tolist()[:SAMPLE_SIZE]
     return AssetCheckResult(
         passed=len(failed) == 0 and not batches_failed,
         severity=AssetCheckSeverity.WARN,
-        description=f"{batches_failed or 0} failed batches, {len(failed)} IPs without a Cymru answer",
-        metadata={
-            "batches_failed": batches_failed if batches_failed is not None else -1,
-            "failed_ips": len(failed),
-            "errors": "; ".join(errors),
-        },
+        description=f"{batches_failed} failed batches, {len(failed)} IPs without a Cymru answer",
+        metadata={"batches_failed": batches_failed, "failed_ips": len(failed), "errors": "; ".join(errors)},
     )
 
 
-@asset_check(asset=greynoise_results, partitions_def=ingest_days)
-def no_failed_greynoise_lookups(
-    context: AssetCheckExecutionContext, greynoise_results: pd.DataFrame
-) -> AssetCheckResult | None:
-    """No GreyNoise lookup failed (warns otherwise: those IPs are on the retry list, asked again later)."""
-    return each_day(context, lambda day: _greynoise_failures(rows_of_day(greynoise_results, day)))
-
-
-def _greynoise_failures(answers: pd.DataFrame) -> AssetCheckResult:
+def greynoise_failures(answers: pd.DataFrame) -> AssetCheckResult:
+    """`no_failed_greynoise_lookups` of a day: its IPs whose lookup failed."""
     failed = answers.loc[answers["status"] == GREYNOISE_FAILED]
     errors = failed["error"].dropna().unique().tolist()[:SAMPLE_SIZE]
     return AssetCheckResult(
@@ -274,23 +268,3 @@ def _greynoise_failures(answers: pd.DataFrame) -> AssetCheckResult:
         description=f"{len(failed)} IPs without a GreyNoise answer",
         metadata={"failed_ips": len(failed), "errors": "; ".join(errors)},
     )
-
-
-def _materialization_counts(context: AssetCheckExecutionContext, name: str) -> dict[str, int | None]:
-    """An integer from the metadata of each checked day's latest materialization, if recorded (one query for
-    the run's days, not one per day)."""
-    days = context.op_execution_context.partition_keys
-    records = context.instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=cymru_bulk_results.key, asset_partitions=days),
-        limit=len(days) * 2,  # a re-materialized day may add its earlier record: the newest come first
-    ).records
-    counts: dict[str, int | None] = dict.fromkeys(days)
-    seen: set[str] = set()
-    for record in records:
-        day = record.partition_key
-        if day in seen:  # newest first: the day's latest is already counted
-            continue
-        seen.add(day)
-        value = record.asset_materialization.metadata.get(name) if record.asset_materialization else None
-        counts[day] = int(value.value) if value is not None else None
-    return counts

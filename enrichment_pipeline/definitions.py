@@ -3,7 +3,7 @@
 from dagster import Definitions, ExecutorDefinition, Field, multi_or_in_process_executor
 
 from enrichment_pipeline.assets import enrichment_assets
-from enrichment_pipeline.checks import inventory_coverage, no_failed_cymru_batches, no_failed_greynoise_lookups
+from enrichment_pipeline.checks import inventory_coverage
 from enrichment_pipeline.core.gc_pause import freeze_loaded
 from enrichment_pipeline.jobs import enrich_day_celery_job, enrich_day_job, refresh_stale
 from enrichment_pipeline.resources import build_resources
@@ -25,7 +25,7 @@ in_process_by_default = ExecutorDefinition(
 
 defs = Definitions(
     assets=enrichment_assets,
-    asset_checks=[inventory_coverage, no_failed_cymru_batches, no_failed_greynoise_lookups],
+    asset_checks=[inventory_coverage],  # the lookups' checks are in their assets (check_specs)
     jobs=[enrich_day_job, enrich_day_celery_job, refresh_stale],
     schedules=[refresh_stale_schedule, build_daily_schedule(enrich_day_job)],
     sensors=[build_log_sensor(enrich_day_job), dead_run_reaper],

@@ -14,7 +14,8 @@ ALLOWED = {
     "core": {"core"},
     "standins": {"core", "standins"},
     "resources": {"core", "resources", "settings"},
-    "assets": {"core", "resources", "settings", "partitions", "assets"},
+    "checks": {"core", "resources", "settings", "partitions"},  # specs name their assets by key
+    "assets": {"core", "resources", "settings", "partitions", "checks", "assets"},
 }
 
 

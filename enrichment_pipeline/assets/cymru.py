@@ -2,12 +2,14 @@
 Team Cymru bulk whois."""
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pandas as pd
-from dagster import AssetExecutionContext, MaterializeResult, asset
+from dagster import AssetCheckResult, AssetExecutionContext, MaterializeResult, Output, asset
 
 from enrichment_pipeline.assets.common import GROUP, NETWORK_RETRY, TRANSIENT_RETRY, report_days
+from enrichment_pipeline.checks import NO_FAILED_CYMRU_BATCHES, cymru_failures, report_checks
 from enrichment_pipeline.core import freshness as clock
 from enrichment_pipeline.core.cymru import BatchOutcome
 from enrichment_pipeline.core.day_files import DAY_COLUMN
@@ -19,6 +21,7 @@ from enrichment_pipeline.core.frames import (
     cymru_frame,
     distinct_ips,
     for_days,
+    rows_of_day,
 )
 from enrichment_pipeline.core.inventory import fresh_ips
 from enrichment_pipeline.partitions import ingest_backfill_policy, ingest_days
@@ -74,10 +77,11 @@ def ips_needing_cymru(
     kinds={"pandas"},
     pool="cymru",  # limits Cymru lookups across concurrent runs (backfills)
     retry_policy=NETWORK_RETRY,
+    check_specs=[NO_FAILED_CYMRU_BATCHES],
 )
 def cymru_bulk_results(
     context: AssetExecutionContext, ips_needing_cymru: pd.DataFrame, cymru: CymruResource
-) -> MaterializeResult:
+) -> Iterator[MaterializeResult | AssetCheckResult | Output]:
     """Team Cymru bulk whois answers: routed (ASN, prefix, registry...), unrouted (NA) or failed."""
     started = time.perf_counter()
 
@@ -100,9 +104,10 @@ def cymru_bulk_results(
             "multi_origin": int(rows["ip"].isin(multi_origin).sum()),
         }
 
-    return report_days(
+    answers = for_days(cymru_frame(result), ips_needing_cymru)
+    yield report_days(
         context,
-        for_days(cymru_frame(result), ips_needing_cymru),
+        answers,
         counts,
         distinct_ips=len(result.answers) + len(result.failed),
         batches=len(result.batches),
@@ -110,3 +115,6 @@ def cymru_bulk_results(
         batches_failed=result.batches_failed,
         seconds=round(time.perf_counter() - started, 3),
     )
+    # A failed batch of a range run is a failed batch of each of its days: each may miss an answer.
+    check = {NO_FAILED_CYMRU_BATCHES.name: lambda day: cymru_failures(result.batches_failed, rows_of_day(answers, day))}
+    yield from report_checks(context, check)

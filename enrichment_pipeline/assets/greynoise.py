@@ -4,13 +4,15 @@ Without an API key every row is "disabled" and nothing is asked; a rejected key 
 
 import time
 from collections import Counter
+from collections.abc import Iterator
 
 import pandas as pd
-from dagster import AssetExecutionContext, Failure, MaterializeResult, asset
+from dagster import AssetCheckResult, AssetExecutionContext, Failure, MaterializeResult, Output, asset
 
 from enrichment_pipeline.assets.common import GROUP, NETWORK_RETRY, report_days
+from enrichment_pipeline.checks import NO_FAILED_GREYNOISE_LOOKUPS, greynoise_failures, report_checks
 from enrichment_pipeline.core import freshness as clock
-from enrichment_pipeline.core.frames import distinct_ips, for_days, greynoise_frame, status_counts
+from enrichment_pipeline.core.frames import distinct_ips, for_days, greynoise_frame, rows_of_day, status_counts
 from enrichment_pipeline.core.greynoise import GreyNoiseAuthError, budgeted_lookup
 from enrichment_pipeline.core.inventory import fresh_ips
 from enrichment_pipeline.partitions import ingest_backfill_policy, ingest_days
@@ -30,6 +32,7 @@ NO_KEY_NOTE = "GREYNOISE_API_KEY is not set: GreyNoise lookups skipped (rows mar
     kinds={"pandas"},
     pool="greynoise",  # limits GreyNoise lookups across concurrent runs (backfills)
     retry_policy=NETWORK_RETRY,
+    check_specs=[NO_FAILED_GREYNOISE_LOOKUPS],
 )
 def greynoise_results(
     context: AssetExecutionContext,
@@ -37,9 +40,24 @@ def greynoise_results(
     greynoise: GreyNoiseResource,
     inventory: InventoryDatabase,
     freshness: FreshnessResource,
-) -> MaterializeResult:
+) -> Iterator[MaterializeResult | AssetCheckResult | Output]:
     """GreyNoise community answers (noise, RIOT, classification) per IP: observed, not_observed, fresh, skipped,
     failed (kept for retry) or disabled."""
+    result = _lookup(context, cowrie_source_ips, greynoise, inventory, freshness)
+    answers = result.value
+    yield result
+    check = {NO_FAILED_GREYNOISE_LOOKUPS.name: lambda day: greynoise_failures(rows_of_day(answers, day))}
+    yield from report_checks(context, check)
+
+
+def _lookup(
+    context: AssetExecutionContext,
+    cowrie_source_ips: pd.DataFrame,
+    greynoise: GreyNoiseResource,
+    inventory: InventoryDatabase,
+    freshness: FreshnessResource,
+) -> MaterializeResult:
+    """The pass itself: the answers of the run's IPs, with their metadata."""
     started = time.perf_counter()
     ips = distinct_ips(cowrie_source_ips)["ip"].tolist()
     if not greynoise.enabled:
