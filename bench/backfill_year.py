@@ -160,6 +160,14 @@ class BackfillResult:
     peaks: TreePeaks
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def first_run_created_at(self) -> float:
+        return min(run.created for run in self.runs)
+
+    @property
+    def runs_ended_at(self) -> float:
+        return max(run.ended or 0 for run in self.runs)
+
 
 def run_backfill(
     data: YearData, days: list[str], work_dir: Path, *, days_per_run: str, timeout_s: float
@@ -352,8 +360,7 @@ def _median(values: Sequence[float | None]) -> float:
 def time_breakdown(result: BackfillResult, *, per_run: bool) -> list[str]:
     """Markdown lines: the daemon's latencies, the parts of a run, the steps that cost most."""
     runs = result.runs
-    created = min(run.created for run in runs)
-    ended = max(run.ended or 0 for run in runs)
+    created, ended = result.first_run_created_at, result.runs_ended_at
     busy = sum((run.ended or 0) - (run.dequeued or run.created) for run in runs)
     lines = [
         f"- {result.label}: {len(runs)} runs, wall {seconds(result.wall_s)} from launch to COMPLETED_SUCCESS seen;"
@@ -448,6 +455,13 @@ def backfill_rows(out_dir: Path) -> tuple[list[Row], list[str]]:
         data, data.days[:SLICE_DAYS], out_dir / "backfill-per-day", days_per_run="1", timeout_s=SLICE_TIMEOUT_S
     )
     scaled = per_day.wall_s * YEAR_DAYS / SLICE_DAYS
+    # Judged on the runs' work: the daemon marks a backfill complete at its first look (every 30 s) after the
+    # last run ended, a delay of 0-30 s that does not grow with the days, so scaling the slice's wall would
+    # scale that delay ×12 too; its first look (launch → first run) happens once per backfill, not per day.
+    year_work = year.runs_ended_at - year.launched_at
+    slice_tick = per_day.first_run_created_at - per_day.launched_at
+    slice_runs = per_day.runs_ended_at - per_day.first_run_created_at
+    scaled_work = slice_tick + slice_runs * YEAR_DAYS / SLICE_DAYS
     count = cymru_count(data, year)
     distinct = len(data.distinct(data.days))
     peaks = year.peaks
@@ -461,13 +475,21 @@ def backfill_rows(out_dir: Path) -> tuple[list[Row], list[str]]:
             verdict(year.wall_s <= YEAR_MAX_S),
         ),
         Row(
-            "Backfill a year: vs one run per day",
-            seconds(year.wall_s),
-            f"{seconds(scaled)} = {SLICE_DAYS}-day slice {seconds(per_day.wall_s)}"
-            f" ({len(per_day.runs)} runs) × {YEAR_DAYS}/{SLICE_DAYS}",
-            year.wall_s / scaled,
+            "Backfill a year: vs one run per day (launch → last run ended)",
+            seconds(year_work),
+            f"{seconds(scaled_work)} = first tick {seconds(slice_tick)} + {SLICE_DAYS}-day slice's runs"
+            f" {seconds(slice_runs)} ({len(per_day.runs)} runs) × {YEAR_DAYS}/{SLICE_DAYS}",
+            year_work / scaled_work,
             f"≤ {1 / SPEEDUP_MIN:.2f}× (≥ {SPEEDUP_MIN:.0f}× faster)",
-            verdict(year.wall_s * SPEEDUP_MIN <= scaled),
+            verdict(year_work * SPEEDUP_MIN <= scaled_work),
+        ),
+        Row(
+            "Backfill a year: vs one run per day (walls to COMPLETED, in the daemon's 30-s steps)",
+            seconds(year.wall_s),
+            f"{seconds(scaled)} = {SLICE_DAYS}-day slice {seconds(per_day.wall_s)} × {YEAR_DAYS}/{SLICE_DAYS}",
+            year.wall_s / scaled,
+            "",
+            INFO,
         ),
         Row(
             "Backfill a year: Cymru requests",
