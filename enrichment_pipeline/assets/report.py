@@ -42,12 +42,16 @@ def daily_report(context: AssetExecutionContext, inventory: InventoryDatabase) -
     seen that day and the day's IPs that changed ASN since."""
     engine = inventory.engine()
     days = partition_days(context)
+    ips_by_day = {day: ips_seen_on(engine, day) for day in days}
+    # One read for the run: an IP seen on many days of a range is fetched (and its JSON decoded) once.
+    stored = fetch_inventory(engine, set().union(*ips_by_day.values()), columns=REPORT_INVENTORY_COLUMNS)
+    rows_by_ip = {row["ip_address"]: row for row in stored}
     for day in days:
         started = time.perf_counter()
-        ips = ips_seen_on(engine, day)
+        ips = ips_by_day[day]
         report = build_daily_report(
             day,
-            fetch_inventory(engine, ips, columns=REPORT_INVENTORY_COLUMNS),
+            [rows_by_ip[ip] for ip in sorted(ips) if ip in rows_by_ip],
             new_asns=asns_first_seen_on(engine, day),
             asn_changes=asn_changes_since(engine, ips, day_start(day)),
         )
