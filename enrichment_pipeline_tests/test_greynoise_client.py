@@ -6,11 +6,15 @@ from __future__ import annotations
 import email.utils
 import json
 import logging
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -35,11 +39,11 @@ from enrichment_pipeline.core.greynoise import (
     UNEXPECTED_ANSWER,
     GreyNoiseAnswer,
     GreyNoiseAuthError,
-    GreyNoiseClient,
     GreyNoiseLookupResult,
     budgeted_lookup,
     skip_reason,
 )
+from enrichment_pipeline.core.greynoise_client import GreyNoiseClient
 from enrichment_pipeline.core.inventory import GreyNoiseDailyBudget
 from enrichment_pipeline.core.merge import summarize_greynoise
 from enrichment_pipeline_tests.support.greynoise_server import (
@@ -577,3 +581,28 @@ def test_a_budgeted_lookup_stops_at_what_is_left_of_the_day(server, engine):
     assert set(second.answers) == {"1.1.1.1"}
     assert second.failed == {"9.9.9.9": BUDGET_EXHAUSTED, "1.0.0.1": BUDGET_EXHAUSTED}
     assert len(server.requests) == 3 and budget.left(DAY) == 0
+
+
+# Run in a fresh interpreter: this one has long since imported the client. The second half proves the probe
+# sees requests once something does load it.
+NO_HTTP_STACK_PROBE = """
+import sys
+import enrichment_pipeline.definitions
+loaded = sorted({"requests", "urllib3"} & set(sys.modules))
+assert not loaded, f"importing the definitions without a GreyNoise key loaded {loaded}"
+import enrichment_pipeline.core.greynoise_client
+assert "requests" in sys.modules and "urllib3" in sys.modules
+"""
+
+
+def test_a_run_without_a_key_never_imports_requests_or_urllib3():
+    environment = {name: value for name, value in os.environ.items() if name != "GREYNOISE_API_KEY"}
+    result = subprocess.run(
+        [sys.executable, "-c", NO_HTTP_STACK_PROBE],
+        cwd=Path(__file__).resolve().parents[1],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr

@@ -21,8 +21,8 @@ from enrichment_pipeline.core.greynoise import (
     RATE_LIMITED,
     TIMEOUT,
     TOO_MANY_TIMEOUTS,
-    GreyNoiseClient,
 )
+from enrichment_pipeline.core.greynoise_client import GreyNoiseClient
 from enrichment_pipeline.core.inventory import fetch_failures, fetch_inventory, make_engine
 from enrichment_pipeline.definitions import defs
 from enrichment_pipeline.resources import (

@@ -19,8 +19,8 @@ from enrichment_pipeline.core.freshness import FreshnessPolicy, MaxMindBuilds
 from enrichment_pipeline.core.greynoise import (
     BUDGET_EXHAUSTED,
     GreyNoiseAuthError,
-    GreyNoiseClient,
 )
+from enrichment_pipeline.core.greynoise_client import GreyNoiseClient
 from enrichment_pipeline.core.inventory import (
     DAILY_ACTIVITY,
     GreyNoiseDailyBudget,

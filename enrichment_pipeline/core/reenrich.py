@@ -28,8 +28,8 @@ from enrichment_pipeline.core.greynoise import (
     NOT_OBSERVED,
     OBSERVED,
     GreyNoiseAuthError,
-    GreyNoiseClient,
     GreyNoiseLookupResult,
+    GreyNoiseLookups,
     RequestBudget,
     budgeted_lookup,
 )
@@ -94,7 +94,7 @@ class RefreshReport:
         }
 
 
-def budgeted_greynoise(client: GreyNoiseClient, budget: RequestBudget) -> GreyNoiseLookup:
+def budgeted_greynoise(client: GreyNoiseLookups, budget: RequestBudget) -> GreyNoiseLookup:
     """GreyNoise lookups charged to the current UTC day's budget, the one the daily runs share."""
     return lambda ips: budgeted_lookup(client, budget, ips, day=freshness.utc_now().date())
 

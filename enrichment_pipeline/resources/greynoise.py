@@ -3,12 +3,16 @@ Without a key the resource is disabled and the GreyNoise asset skips itself; the
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from dagster import ConfigurableResource
 from pydantic import Field
 from sqlalchemy.engine import Engine
 
-from enrichment_pipeline.core.greynoise import GreyNoiseClient
 from enrichment_pipeline.core.inventory import GreyNoiseDailyBudget
+
+if TYPE_CHECKING:
+    from enrichment_pipeline.core.greynoise_client import GreyNoiseClient
 
 
 class GreyNoiseResource(ConfigurableResource):
@@ -37,6 +41,9 @@ class GreyNoiseResource(ConfigurableResource):
         return bool(self.api_key.strip())
 
     def client(self) -> GreyNoiseClient:
+        # Imported here, not at module level: requests loads only when a key is set and a client is built.
+        from enrichment_pipeline.core.greynoise_client import GreyNoiseClient
+
         return GreyNoiseClient(
             self.api_url,
             self.api_key,
