@@ -26,7 +26,7 @@ from dagster import (
 )
 from sqlalchemy import Engine, select
 
-from enrichment_pipeline.core.frames import CYMRU_FAILED, rows_of_day
+from enrichment_pipeline.core.frames import CYMRU_FAILED, split_days
 from enrichment_pipeline.core.greynoise import FAILED as GREYNOISE_FAILED
 from enrichment_pipeline.core.inventory import DAILY_ACTIVITY, INVENTORY
 from enrichment_pipeline.partitions import ingest_days
@@ -95,7 +95,7 @@ def _run_coverage(
 ) -> dict[str, DayCoverage]:
     """The coverage of each day of the run, by partition key."""
     days = context.op_execution_context.partition_keys
-    ips = {date.fromisoformat(day): rows_of_day(ingested, day)["ip"] for day in days}
+    ips = {date.fromisoformat(day): rows["ip"] for day, rows in split_days(ingested, days).items()}
     return {day.isoformat(): coverage for day, coverage in coverage_by_day(inventory.engine(), ips).items()}
 
 
@@ -140,15 +140,19 @@ def each_day_of_checks(
 
 
 def report_checks(
-    context: AssetExecutionContext, evaluations: Mapping[str, Callable[[str], AssetCheckResult]]
+    context: AssetExecutionContext | AssetCheckExecutionContext,
+    evaluations: Mapping[str, Callable[[str], AssetCheckResult]],
 ) -> Iterator[AssetCheckResult | Output]:
-    """An asset's own checks (its `check_specs`), yielded after its result: each day's evaluations as
-    `each_day_of_checks` makes them; a range run then yields the empty output each check of the step owes."""
+    """A step's checks (an asset's `check_specs`, or a check step's own), yielded after any asset result: each
+    day's evaluations as `each_day_of_checks` makes them; a range run then yields the empty output each
+    selected check of the step owes (without it, Dagster warns that a blocking check "emitted no result" and
+    will not gate, although a failed day has failed the step already)."""
     run = context.op_execution_context
     yield from each_day_of_checks(run, evaluations)
     if not run.has_partition_key:
         for output_name in run.assets_def.check_specs_by_output_name:
-            yield Output(None, output_name=output_name)
+            if output_name in run.selected_output_names:
+                yield Output(None, output_name=output_name)
 
 
 def _fields(result: AssetCheckResult) -> dict:
@@ -188,11 +192,11 @@ INVENTORY_CHECKS = [
     specs=INVENTORY_CHECKS,
     ins={"cowrie_source_ips": AssetIn("cowrie_source_ips")},
     retry_policy=READ_RETRY,
-    can_subset=True,  # either check can run alone; a range run records its results as events, not outputs
+    can_subset=True,  # either check can run alone
 )
 def inventory_coverage(
     context: AssetCheckExecutionContext, cowrie_source_ips: pd.DataFrame, inventory: InventoryDatabase
-) -> Iterable[AssetCheckResult]:
+) -> Iterator[AssetCheckResult | Output]:
     """The day's ingested IPs against the inventory: `every_ingested_ip_in_inventory` and `asn_coverage`."""
     threshold = asn_coverage_min()
     coverage = _run_coverage(context, inventory, cowrie_source_ips)
@@ -200,7 +204,7 @@ def inventory_coverage(
         "every_ingested_ip_in_inventory": lambda day: _all_in_inventory(coverage[day]),
         "asn_coverage": lambda day: _coverage(coverage[day], threshold),
     }
-    yield from each_day_of_checks(context.op_execution_context, evaluations)
+    yield from report_checks(context, evaluations)
 
 
 def _all_in_inventory(coverage: DayCoverage) -> AssetCheckResult:

@@ -7,17 +7,23 @@ import datetime
 
 import orjson
 import pandas as pd
+import pytest
 
 from enrichment_pipeline.core.activity import SourceIpActivity
 from enrichment_pipeline.core.cymru import BulkLookupResult, CymruAnswer, CymruOrigin
 from enrichment_pipeline.core.frames import (
+    activity_by_day,
     cymru_frame,
     day_activity,
     maxmind_frame,
     python_values,
     records,
+    sensor_activity_by_day,
+    sensor_activity_frame,
     source_updates,
     sources_frame,
+    split_days,
+    with_day,
 )
 from enrichment_pipeline.core.freshness import MaxMindBuilds
 from enrichment_pipeline.core.inventory import DayActivity
@@ -65,6 +71,51 @@ def test_day_activity_gives_python_datetimes_and_none_for_missing_moments() -> N
         DayActivity("192.0.2.2", 0, 1, None, None),
     ]
     assert type(day_activity(frame)[0].first_seen) is datetime.datetime
+
+
+def _range_frame() -> pd.DataFrame:
+    """Two days of one range run's sources, the second day's rows first (frames are not sorted by day)."""
+    first = sources_frame([SourceIpActivity("192.0.2.1", 1, 2, NOON, NOON)])
+    second = sources_frame(
+        [SourceIpActivity("192.0.2.2", 3, 4, None, None), SourceIpActivity("192.0.2.1", 5, 6, NOON, NOON)]
+    )
+    return pd.concat([with_day(second, "2018-05-02"), with_day(first, "2018-05-01")], ignore_index=True)
+
+
+def test_split_days_gives_each_day_its_rows_and_a_day_without_rows_an_empty_frame() -> None:
+    frame = _range_frame()
+    parts = split_days(frame, ["2018-05-01", "2018-05-02", "2018-05-03"])
+    assert list(parts) == ["2018-05-01", "2018-05-02", "2018-05-03"]
+    assert parts["2018-05-01"]["ip"].tolist() == ["192.0.2.1"]
+    assert parts["2018-05-02"]["ip"].tolist() == ["192.0.2.2", "192.0.2.1"]
+    assert parts["2018-05-02"].index.tolist() == [0, 1]
+    assert parts["2018-05-03"].empty and list(parts["2018-05-03"].columns) == list(frame.columns)
+    assert parts["2018-05-03"].dtypes.equals(frame.dtypes)
+
+
+def test_activity_by_day_converts_the_range_once_into_each_days_rows() -> None:
+    frame = _range_frame()
+    by_day = activity_by_day(frame, ["2018-05-01", "2018-05-02", "2018-05-03"])
+    assert by_day == {
+        "2018-05-01": [DayActivity("192.0.2.1", 1, 2, NOON, NOON)],
+        "2018-05-02": [DayActivity("192.0.2.2", 3, 4, None, None), DayActivity("192.0.2.1", 5, 6, NOON, NOON)],
+        "2018-05-03": [],
+    }
+    # Each day's rows equal the one-day conversion of that day's frame.
+    assert by_day["2018-05-02"] == day_activity(split_days(frame, ["2018-05-02"])["2018-05-02"])
+    # A row of a day outside the run is a bug upstream: it is not silently dropped.
+    with pytest.raises(ValueError, match="2018-05-02"):
+        activity_by_day(frame, ["2018-05-01"])
+
+
+def test_sensor_activity_by_day_keeps_the_sensor_of_each_row() -> None:
+    one = [SourceIpActivity("192.0.2.1", 1, 2, NOON, NOON)]
+    frame = with_day(sensor_activity_frame({"alpha": one, "beta": one}), "2018-05-01")
+    rows = sensor_activity_by_day(frame, ["2018-05-01"])["2018-05-01"]
+    assert [(row.sensor, row.ip, row.session_count, row.first_seen) for row in rows] == [
+        ("alpha", "192.0.2.1", 1, NOON),
+        ("beta", "192.0.2.1", 1, NOON),
+    ]
 
 
 def test_source_updates_carry_plain_values_and_every_cymru_origin() -> None:

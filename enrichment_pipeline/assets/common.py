@@ -16,7 +16,7 @@ from dagster import (
     TableSchema,
 )
 
-from enrichment_pipeline.core.frames import markdown_table, rows_of_day
+from enrichment_pipeline.core.frames import markdown_table, split_days
 
 GROUP = "ip_enrichment"
 # For the network passes: lookup failures are returned, not raised, so a retry only helps against an
@@ -42,20 +42,24 @@ def report_days(
     """The output of a per-day frame: each day of the run gets its own row count, schema, preview and
     `counts(day, rows)` (shown per partition in the UI); `run_metadata` describes the run's work as a whole."""
     if counts is not None:
-        for day in context.partition_keys:
-            part = rows_of_day(frame, day)
-            context.add_asset_metadata(frame_metadata(part, **counts(day, part)), partition_key=day)
+        schema = table_schema(frame)  # every day has the frame's columns
+        for day, part in split_days(frame, context.partition_keys).items():
+            context.add_asset_metadata(frame_metadata(part, schema, **counts(day, part)), partition_key=day)
     if len(context.partition_keys) > 1:
         run_metadata["days_in_run"] = len(context.partition_keys)
     return MaterializeResult(value=frame, metadata=run_metadata)
 
 
-def frame_metadata(frame: pd.DataFrame, **extra: Any) -> dict[str, Any]:
-    """Row count, column schema and a markdown preview, plus the asset's own counters."""
-    schema = TableSchema(columns=[TableColumn(name, str(dtype)) for name, dtype in frame.dtypes.items()])
+def table_schema(frame: pd.DataFrame) -> TableSchema:
+    return TableSchema(columns=[TableColumn(name, str(dtype)) for name, dtype in frame.dtypes.items()])
+
+
+def frame_metadata(frame: pd.DataFrame, schema: TableSchema | None = None, **extra: Any) -> dict[str, Any]:
+    """Row count, column schema (`schema`, or the frame's) and a markdown preview, plus the asset's own
+    counters."""
     return {
         "dagster/row_count": len(frame),
-        "dagster/column_schema": schema,
+        "dagster/column_schema": schema or table_schema(frame),
         "preview": MetadataValue.md(markdown_table(frame)),
         **extra,
     }

@@ -21,7 +21,7 @@ from enrichment_pipeline.core.frames import (
     cymru_frame,
     distinct_ips,
     for_days,
-    rows_of_day,
+    split_days,
 )
 from enrichment_pipeline.core.inventory import fresh_ips
 from enrichment_pipeline.partitions import ingest_backfill_policy, ingest_days
@@ -116,5 +116,6 @@ def cymru_bulk_results(
         seconds=round(time.perf_counter() - started, 3),
     )
     # A failed batch of a range run is a failed batch of each of its days: each may miss an answer.
-    check = {NO_FAILED_CYMRU_BATCHES.name: lambda day: cymru_failures(result.batches_failed, rows_of_day(answers, day))}
+    days = split_days(answers, context.partition_keys)
+    check = {NO_FAILED_CYMRU_BATCHES.name: lambda day: cymru_failures(result.batches_failed, days[day])}
     yield from report_checks(context, check)

@@ -12,7 +12,7 @@ from dagster import AssetCheckResult, AssetExecutionContext, Failure, Materializ
 from enrichment_pipeline.assets.common import GROUP, NETWORK_RETRY, report_days
 from enrichment_pipeline.checks import NO_FAILED_GREYNOISE_LOOKUPS, greynoise_failures, report_checks
 from enrichment_pipeline.core import freshness as clock
-from enrichment_pipeline.core.frames import distinct_ips, for_days, greynoise_frame, rows_of_day, status_counts
+from enrichment_pipeline.core.frames import distinct_ips, for_days, greynoise_frame, split_days, status_counts
 from enrichment_pipeline.core.greynoise import GreyNoiseAuthError, budgeted_lookup
 from enrichment_pipeline.core.inventory import fresh_ips
 from enrichment_pipeline.partitions import ingest_backfill_policy, ingest_days
@@ -46,7 +46,8 @@ def greynoise_results(
     result = _lookup(context, cowrie_source_ips, greynoise, inventory, freshness)
     answers = result.value
     yield result
-    check = {NO_FAILED_GREYNOISE_LOOKUPS.name: lambda day: greynoise_failures(rows_of_day(answers, day))}
+    days = split_days(answers, context.partition_keys)
+    check = {NO_FAILED_GREYNOISE_LOOKUPS.name: lambda day: greynoise_failures(days[day])}
     yield from report_checks(context, check)
 
 

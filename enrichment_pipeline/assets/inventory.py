@@ -13,12 +13,11 @@ from dagster import (
 from enrichment_pipeline.assets.common import GROUP, TRANSIENT_RETRY
 from enrichment_pipeline.core import freshness as clock
 from enrichment_pipeline.core.frames import (
-    day_activity,
+    activity_by_day,
     distinct_ips,
     frame_builds,
     lookup_failures,
-    rows_of_day,
-    sensor_activity,
+    sensor_activity_by_day,
     source_updates,
 )
 from enrichment_pipeline.core.inventory import fresh_ips, upsert_days
@@ -55,8 +54,11 @@ def merged_inventory(
     builds = frame_builds(maxmind)
     maxmind_fresh = fresh_ips(engine, maxmind["ip"], "maxmind", ttl, now=now, maxmind_builds=builds)
     updates = source_updates(maxmind, cymru, greynoise, maxmind_fresh=maxmind_fresh)
-    days = {day: day_activity(rows_of_day(cowrie_source_ips, day)) for day in context.partition_keys}
-    sensors = {date.fromisoformat(day): sensor_activity(rows_of_day(cowrie_sensor_activity, day)) for day in days}
+    days = activity_by_day(cowrie_source_ips, context.partition_keys)
+    sensors = {
+        date.fromisoformat(day): rows
+        for day, rows in sensor_activity_by_day(cowrie_sensor_activity, context.partition_keys).items()
+    }
     # One transaction for the whole run: a range run that fails leaves every one of its days as it was.
     stats = upsert_days(
         engine,

@@ -15,6 +15,8 @@ from typing import Any
 
 import pandas as pd
 
+from enrichment_pipeline.core.frames import typed_frame
+
 UNKNOWN = "unknown"
 NOT_OBSERVED = "not observed"
 NOT_LOOKED_UP = "not looked up"
@@ -96,11 +98,11 @@ def build_daily_report(
             total,
         ),
         greynoise=_table([{"classification": c, "ips": n} for c, n in _ranked(greynoise)], GREYNOISE_COLUMNS, total),
-        new_asns=_frame(
+        new_asns=typed_frame(
             [{"asn": f"AS{row['asn']}", "as_org": row["asn_org"], "ips": row["ip_count"]} for row in new_asns],
             NEW_ASN_COLUMNS,
         ),
-        asn_changes=_frame(
+        asn_changes=typed_frame(
             [
                 {
                     "ip": row["ip"],
@@ -153,12 +155,7 @@ def _top(rows: list[dict[str, Any]], top: int, label: str, plural: str) -> list[
 def _table(rows: list[dict[str, Any]], columns: dict[str, str], total: int) -> pd.DataFrame:
     for row in rows:
         row["share_pct"] = round(100.0 * row["ips"] / total, 1) if total else 0.0
-    return _frame(rows, columns)
-
-
-def _frame(rows: list[dict[str, Any]], columns: dict[str, str]) -> pd.DataFrame:
-    frame = pd.DataFrame.from_records(rows, columns=list(columns))
-    return frame.astype(columns).reset_index(drop=True)
+    return typed_frame(rows, columns)
 
 
 SENSOR_COLUMNS = {"sensor": "string", "ips": "int64", "sessions": "int64", "ips_only_here": "int64"}
@@ -180,4 +177,4 @@ def sensor_table(rows: Sequence[tuple[str, str, int]]) -> pd.DataFrame:
         {"sensor": sensor, "ips": ips, "sessions": sessions, "ips_only_here": only}
         for sensor, (ips, sessions, only) in sorted(totals.items(), key=lambda item: (-item[1][0], item[0]))
     ]
-    return _frame(table, SENSOR_COLUMNS)
+    return typed_frame(table, SENSOR_COLUMNS)
