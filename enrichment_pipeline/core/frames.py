@@ -103,7 +103,8 @@ def typed_frame(rows: Iterable[Mapping[str, Any]], columns: Mapping[str, str]) -
     Built a column at a time: `from_records` then `astype` costs 2-4x more, which adds up over the small
     tables made for every day of a range run."""
     rows = rows if isinstance(rows, list) else list(rows)
-    return pd.DataFrame({name: pd.array([row.get(name) for row in rows], dtype=dtype) for name, dtype in columns.items()})
+    columns_of_rows = {name: pd.array([row.get(name) for row in rows], dtype=dtype) for name, dtype in columns.items()}
+    return pd.DataFrame(columns_of_rows)
 
 
 def sources_frame(sources: Sequence[SourceIpActivity]) -> pd.DataFrame:
@@ -224,10 +225,10 @@ def _per_day(
     The frame is converted once, a column at a time (`python_values`): one conversion per day of a range
     costs ~20 ms a day whatever the day's size."""
     if days is None:
-        return {None: [record(*row) for row in zip(*(python_values(frame[name]) for name in columns))]}
+        return {None: [record(*row) for row in zip(*(python_values(frame[name]) for name in columns), strict=True)]}
     by_day: dict[Any, list[_Record]] = {day: [] for day in days}
     values = [python_values(frame[name]) for name in (DAY_COLUMN, *columns)]
-    for day, *row in zip(*values):
+    for day, *row in zip(*values, strict=True):
         if day not in by_day:
             raise ValueError(f"a row of {day!r} in a frame of the days {list(days)}")
         by_day[day].append(record(*row))
