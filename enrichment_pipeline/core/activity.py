@@ -14,6 +14,7 @@ import msgspec
 import numpy as np
 
 from enrichment_pipeline.core.ips import canonical_ip
+from enrichment_pipeline.core.moments import earliest, latest
 
 # Texts that are not canonical IPs are remembered only up to this many, so a hostile file full of
 # distinct junk cannot grow memory with its size (canonical IPs are the summary itself).
@@ -72,19 +73,11 @@ def combined(parts: Iterable[Sequence[SourceIpActivity]]) -> list[SourceIpActivi
                     row.ip,
                     seen.session_count + row.session_count,
                     seen.event_count + row.event_count,
-                    _earliest(seen.first_seen, row.first_seen),
-                    _latest(seen.last_seen, row.last_seen),
+                    earliest(seen.first_seen, row.first_seen),
+                    latest(seen.last_seen, row.last_seen),
                 )
             )
     return [merged[ip] for ip in sorted(merged)]
-
-
-def _earliest(a: datetime.datetime | None, b: datetime.datetime | None) -> datetime.datetime | None:
-    return b if a is None else a if b is None else min(a, b)
-
-
-def _latest(a: datetime.datetime | None, b: datetime.datetime | None) -> datetime.datetime | None:
-    return b if a is None else a if b is None else max(a, b)
 
 
 # (line number, what, offending value): how skipped values reach the reader's samples.

@@ -40,6 +40,7 @@ from enrichment_pipeline.core.inventory.schema import (
     INVENTORY,
 )
 from enrichment_pipeline.core.merge import asn_source
+from enrichment_pipeline.core.moments import earliest, latest
 from enrichment_pipeline.core.records import SourceUpdate
 
 ASN_COLUMNS: tuple[str, ...] = tuple(column.name for column in ASN_INVENTORY.columns)
@@ -104,8 +105,8 @@ def recompute_asn_rows(conn: Connection, asns: Iterable[int] | None = None) -> d
         # int(): PostgreSQL sums a BIGINT column as NUMERIC (a Decimal here).
         row["session_count"] += int(sessions or 0)
         row["event_count"] += int(events or 0)
-        row["first_seen"] = _earliest(row["first_seen"], first)
-        row["last_seen"] = _latest(row["last_seen"], last)
+        row["first_seen"] = earliest(row["first_seen"], first)
+        row["last_seen"] = latest(row["last_seen"], last)
         for counter, value in zip(counts[asn], (org, country, registry_name), strict=True):
             if value:
                 counter[value] += ip_count
@@ -113,14 +114,6 @@ def recompute_asn_rows(conn: Connection, asns: Iterable[int] | None = None) -> d
         orgs, countries, registries = counts[asn]
         row.update(asn_org=_most_common(orgs), country_code=_most_common(countries), registry=_most_common(registries))
     return rows
-
-
-def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:
-    return b if a is None else a if b is None else min(a, b)  # NULLs ignored, as SQL's MIN does
-
-
-def _latest(a: datetime | None, b: datetime | None) -> datetime | None:
-    return b if a is None else a if b is None else max(a, b)
 
 
 def _most_common(counter: Counter[str]) -> str | None:
@@ -219,12 +212,12 @@ def record_history(
             candidates.append((ip, asn, row["asn_org"], source, again))
     if not candidates:
         return 0
-    latest = _latest_history(conn, [ip for ip, *_ in candidates])
+    newest = _latest_history(conn, [ip for ip, *_ in candidates])
     new_rows: list[dict[str, Any]] = []
     extended: list[dict[str, Any]] = []
     changes = 0
     for ip, asn, org, source, again in candidates:
-        seq, latest_asn = latest.get(ip, (0, None))
+        seq, latest_asn = newest.get(ip, (0, None))
         if latest_asn != asn:
             changes += seq > 0
             new_rows.append(

@@ -29,6 +29,7 @@ from enrichment_pipeline.core.merge import (
     summarize,
     summarize_greynoise,
 )
+from enrichment_pipeline.core.moments import earliest, latest
 from enrichment_pipeline.core.records import (
     SOURCES,
     DayActivity,
@@ -267,18 +268,10 @@ def _activity_totals(
             totals[row.ip] = _Totals(
                 other_days.session_count + row.session_count,
                 other_days.event_count + row.event_count,
-                _earliest(other_days.first_seen, row.first_seen),
-                _latest(other_days.last_seen, row.last_seen),
+                earliest(other_days.first_seen, row.first_seen),
+                latest(other_days.last_seen, row.last_seen),
             )
     return totals
-
-
-def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:
-    return b if a is None else a if b is None else min(a, b)  # NULLs ignored, as SQL's MIN does
-
-
-def _latest(a: datetime | None, b: datetime | None) -> datetime | None:
-    return b if a is None else a if b is None else max(a, b)
 
 
 def _merged_rows(
