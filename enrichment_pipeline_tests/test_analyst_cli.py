@@ -267,6 +267,23 @@ def test_export_csv_is_valid_for_the_csv_module_with_quotes_commas_and_newlines(
     assert [path.name for path in tmp_path.iterdir() if path.name.endswith(".partial")] == []
 
 
+@pytest.mark.parametrize("org", ['=HYPERLINK("http://x.invalid","x")', "+1+1", "-2+3", "@SUM(A1)", "\tTAB", "\rCR"])
+def test_export_csv_keeps_a_network_name_that_a_spreadsheet_would_run_as_text(
+    inventory: Engine, tmp_path: Path, org: str
+) -> None:
+    upsert_day(inventory, DAY3, [seen(X, DAY3, 1, 2)], [answers(X, 64500, org, "FR", "unknown")], now=LATER)
+    target = tmp_path / "ips.csv"
+
+    assert run("export", "--format", "csv", "-o", str(target)) == (0, "")
+    with open(target, newline="", encoding="utf-8") as file:
+        by_ip = {row[0]: row for row in csv.reader(file)}
+    assert by_ip[X][EXPORT_COLUMNS.index("asn_org")] == "'" + org  # text for a spreadsheet, not a formula
+    assert by_ip[V4][EXPORT_COLUMNS.index("asn_org")] == COMMAS  # other names unchanged
+    # JSON lines are for programs: the exact name.
+    code, output = run("export", "--format", "jsonl", "--asn", "64500", "--country", "FR")
+    assert code == 0 and [json.loads(line)["asn_org"] for line in output.splitlines()] == [org]
+
+
 def test_export_jsonl_rows_are_typed(inventory: Engine) -> None:
     code, output = run("export", "--format", "jsonl", "--asn", "64502")
     assert code == 0

@@ -101,7 +101,16 @@ def write(rows: Iterable[tuple[Any, ...]], format_: str, out: TextIO) -> int:
     return count
 
 
+# A spreadsheet runs a cell starting with one of these as a formula (OWASP "CSV injection"); organisation
+# names come from the network (whois, GreyNoise), so such a text cell gets a leading ' and stays text.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
 def _csv_value(value: Any) -> Any:
     if value is None:
         return ""
-    return value.isoformat() if isinstance(value, datetime | date) else value
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
