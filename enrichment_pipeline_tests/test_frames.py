@@ -23,6 +23,7 @@ from enrichment_pipeline.core.frames import (
     source_updates,
     sources_frame,
     split_days,
+    typed_frame,
     with_day,
 )
 from enrichment_pipeline.core.freshness import MaxMindBuilds
@@ -71,6 +72,25 @@ def test_day_activity_gives_python_datetimes_and_none_for_missing_moments() -> N
         DayActivity("192.0.2.2", 0, 1, None, None),
     ]
     assert type(day_activity(frame)[0].first_seen) is datetime.datetime
+
+
+def test_typed_frame_has_exactly_the_declared_columns_and_types_with_or_without_rows() -> None:
+    columns = {
+        "text": "string",
+        "count": "Int64",
+        "share": "float64",
+        "flag": "boolean",
+        "moment": "datetime64[us, UTC]",
+    }
+    rows = [{"text": "a", "count": 7, "share": 0.5, "flag": True, "moment": NOON, "ignored": 1}, {"count": None}]
+    frame = typed_frame(iter(rows), columns)  # any iterable of rows
+    assert list(frame.columns) == list(columns) and frame.index.tolist() == [0, 1]
+    assert {name: str(dtype) for name, dtype in frame.dtypes.items()} == columns
+    # A key a row lacks, or None, is a missing value of the column's type.
+    assert frame.iloc[1].isna().all()
+    assert frame.equals(pd.DataFrame.from_records(rows, columns=list(columns)).astype(columns))
+    empty = typed_frame([], columns)
+    assert empty.empty and {name: str(dtype) for name, dtype in empty.dtypes.items()} == columns
 
 
 def _range_frame() -> pd.DataFrame:
