@@ -59,7 +59,7 @@ def frame_metadata(frame: pd.DataFrame, schema: TableSchema | None = None, **ext
     counters."""
     return {
         "dagster/row_count": len(frame),
-        "dagster/column_schema": schema or table_schema(frame),
+        "dagster/column_schema": table_schema(frame) if schema is None else schema,
         "preview": MetadataValue.md(markdown_table(frame)),
         **extra,
     }

@@ -200,38 +200,36 @@ def records(frame: pd.DataFrame) -> list[dict]:
 
 def day_activity(sources: pd.DataFrame) -> list[DayActivity]:
     """The activity rows of one day's `sources` frame."""
-    return _per_day(sources, None, SOURCE_COLUMNS, DayActivity)[None]
+    return _as_records(sources, SOURCE_COLUMNS, DayActivity)
 
 
 def activity_by_day(sources: pd.DataFrame, days: Sequence[str]) -> dict[str, list[DayActivity]]:
     """The activity rows of each of `days` in a per-day `sources` frame."""
-    return _per_day(sources, days, SOURCE_COLUMNS, DayActivity)
+    return _by_day(sources, days, _as_records(sources, SOURCE_COLUMNS, DayActivity))
 
 
 def sensor_activity_by_day(rows: pd.DataFrame, days: Sequence[str]) -> dict[str, list[SensorActivity]]:
     """The per-sensor activity rows of each of `days` in a per-day sensor frame."""
-    return _per_day(rows, days, SENSOR_ACTIVITY_COLUMNS, SensorActivity)
+    return _by_day(rows, days, _as_records(rows, SENSOR_ACTIVITY_COLUMNS, SensorActivity))
 
 
 _Record = TypeVar("_Record", DayActivity, SensorActivity)
 
 
 @cyclic_gc_paused()  # 100k rows of new objects: see core.gc_pause
-def _per_day(
-    frame: pd.DataFrame, days: Sequence[str] | None, columns: Mapping[str, str], record: type[_Record]
-) -> dict[Any, list[_Record]]:
-    """`record(*row)` of each row (its `columns`, in order), by day; `days=None`: all rows, under None.
+def _as_records(frame: pd.DataFrame, columns: Mapping[str, str], record: type[_Record]) -> list[_Record]:
+    """`record(*row)` of each row's `columns`, in order. The frame is converted once, a column at a time
+    (`python_values`): one conversion per day of a range costs ~20 ms a day whatever the day's size."""
+    return [record(*row) for row in zip(*(python_values(frame[name]) for name in columns), strict=True)]
 
-    The frame is converted once, a column at a time (`python_values`): one conversion per day of a range
-    costs ~20 ms a day whatever the day's size."""
-    if days is None:
-        return {None: [record(*row) for row in zip(*(python_values(frame[name]) for name in columns), strict=True)]}
-    by_day: dict[Any, list[_Record]] = {day: [] for day in days}
-    values = [python_values(frame[name]) for name in (DAY_COLUMN, *columns)]
-    for day, *row in zip(*values, strict=True):
+
+def _by_day(frame: pd.DataFrame, days: Sequence[str], rows: list[_Record]) -> dict[str, list[_Record]]:
+    """`rows` (one per row of `frame`) by the frame's day column; a row of a day not in `days` is an error."""
+    by_day: dict[str, list[_Record]] = {day: [] for day in days}
+    for day, row in zip(python_values(frame[DAY_COLUMN]), rows, strict=True):
         if day not in by_day:
             raise ValueError(f"a row of {day!r} in a frame of the days {list(days)}")
-        by_day[day].append(record(*row))
+        by_day[day].append(row)
     return by_day
 
 
