@@ -46,6 +46,7 @@ RSS_MAX_KB = 2 * 1024 * 1024
 YEAR_TIMEOUT_S = 1_200.0  # hard limits: the services are torn down and the measure fails past them
 SLICE_TIMEOUT_S = 900.0
 _GENERATOR_TIMEOUT_S = 600
+FLOOR_MODULE = "bench.floor_graph_definitions"
 FINISHED_BACKFILL = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
 
 
@@ -170,9 +171,10 @@ class BackfillResult:
 
 
 def run_backfill(
-    data: YearData, days: list[str], work_dir: Path, *, days_per_run: str, timeout_s: float
+    data: YearData, days: list[str], work_dir: Path, *, days_per_run: str, timeout_s: float, floor: bool = False
 ) -> BackfillResult:
     """Fresh instance, inventory and stand-in; one backfill of `days`; its wall time, runs, requests and memory.
+    With `floor`, of the same graph shape doing no work (bench/floor_graph_definitions.py) instead.
 
     Raises unless the backfill COMPLETED with every run successful and the inventory holds every distinct IP.
     """
@@ -183,10 +185,11 @@ def run_backfill(
     home.mkdir(parents=True)
     shutil.copyfile(PROJECT_ROOT / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
     database = work_dir / "inventory.sqlite"
-    label = f"{len(days)} days, BACKFILL_DAYS_PER_RUN={days_per_run or 'default'}"
+    label = f"{len(days)} days, BACKFILL_DAYS_PER_RUN={days_per_run or 'default'}" + (", floor graph" if floor else "")
     assets = enrich_day_assets()
     with CymruStandinServer(latency_s=CYMRU_LATENCY_S) as cymru:
-        services = DagsterServices(home, _pipeline_env(data.directory, cymru.address[1], database, days_per_run))
+        env = _pipeline_env(data.directory, cymru.address[1], database, days_per_run)
+        services = DagsterServices(home, env, module=FLOOR_MODULE if floor else None)
         for name in DEFAULTS:  # unset whatever this shell has (GREYNOISE_API_KEY...) unless given above
             if services.env.get(name) == "":
                 services.env.pop(name)
@@ -227,7 +230,7 @@ def run_backfill(
     failed = [f"{run.days[0]}..{run.days[-1]}: {run.status}" for run in runs if run.status != "SUCCESS"]
     if status != "COMPLETED_SUCCESS" or failed or not runs:
         raise RuntimeError(f"backfill of {label} ended {status}; runs not successful: {failed}; logs in {home}")
-    rows, expected = _inventory_rows(database), len(data.distinct(days))
+    rows, expected = (0, 0) if floor else (_inventory_rows(database), len(data.distinct(days)))
     if rows != expected:
         raise RuntimeError(f"the inventory holds {rows} rows after {label}, expected {expected} distinct IPs")
     return BackfillResult(
@@ -445,6 +448,21 @@ def _dequeue_latency(runs: Sequence[RunTiming]) -> float:
     return _median(latencies)
 
 
+def _work(result: BackfillResult) -> float:
+    """Launch → last run ended. Judged on the runs' work: the daemon marks a backfill complete at its first look
+    (every 30 s) after the last run ended, a delay of 0-30 s that does not grow with the days."""
+    return result.runs_ended_at - result.launched_at
+
+
+def _scaled_work(per_day: BackfillResult) -> tuple[float, float, float]:
+    """The slice's first tick, its runs' work and both scaled to a year: scaling the slice's wall would scale
+    the completion delay ×12 too, and the first look (launch → first run) happens once per backfill, not per
+    day."""
+    tick = per_day.first_run_created_at - per_day.launched_at
+    runs = per_day.runs_ended_at - per_day.first_run_created_at
+    return tick, runs, tick + runs * YEAR_DAYS / SLICE_DAYS
+
+
 # --- the measure -----------------------------------------------------------------------------------------------
 def backfill_rows(out_dir: Path) -> tuple[list[Row], list[str]]:
     data = year_data(out_dir)
@@ -454,14 +472,17 @@ def backfill_rows(out_dir: Path) -> tuple[list[Row], list[str]]:
     per_day = run_backfill(
         data, data.days[:SLICE_DAYS], out_dir / "backfill-per-day", days_per_run="1", timeout_s=SLICE_TIMEOUT_S
     )
+    log(f"   {seconds(per_day.wall_s)}; now both policies on the same graph shape doing no work (the floor)")
+    floor_year = run_backfill(
+        data, data.days, out_dir / "floor-year", days_per_run="", timeout_s=YEAR_TIMEOUT_S, floor=True
+    )
+    floor_per_day = run_backfill(
+        data, data.days[:SLICE_DAYS], out_dir / "floor-per-day", days_per_run="1", timeout_s=SLICE_TIMEOUT_S, floor=True
+    )
     scaled = per_day.wall_s * YEAR_DAYS / SLICE_DAYS
-    # Judged on the runs' work: the daemon marks a backfill complete at its first look (every 30 s) after the
-    # last run ended, a delay of 0-30 s that does not grow with the days, so scaling the slice's wall would
-    # scale that delay ×12 too; its first look (launch → first run) happens once per backfill, not per day.
-    year_work = year.runs_ended_at - year.launched_at
-    slice_tick = per_day.first_run_created_at - per_day.launched_at
-    slice_runs = per_day.runs_ended_at - per_day.first_run_created_at
-    scaled_work = slice_tick + slice_runs * YEAR_DAYS / SLICE_DAYS
+    year_work, floor_year_work = _work(year), _work(floor_year)
+    slice_tick, slice_runs, scaled_work = _scaled_work(per_day)
+    floor_scaled_work = _scaled_work(floor_per_day)[2]
     count = cymru_count(data, year)
     distinct = len(data.distinct(data.days))
     peaks = year.peaks
@@ -482,6 +503,23 @@ def backfill_rows(out_dir: Path) -> tuple[list[Row], list[str]]:
             year_work / scaled_work,
             f"≤ {1 / SPEEDUP_MIN:.2f}× (≥ {SPEEDUP_MIN:.0f}× faster)",
             verdict(year_work * SPEEDUP_MIN <= scaled_work),
+        ),
+        Row(
+            "Floor: enrich_day's graph shape doing no work, a year vs one run per day (as above)",
+            seconds(floor_year_work),
+            f"{seconds(floor_scaled_work)} ({len(floor_year.runs)} runs / {len(floor_per_day.runs)} runs"
+            f" × {YEAR_DAYS}/{SLICE_DAYS})",
+            floor_year_work / floor_scaled_work,
+            "",
+            INFO,
+        ),
+        Row(
+            "Backfill a year: the project's work above that floor, vs one run per day's",
+            seconds(year_work - floor_year_work),
+            f"{seconds(scaled_work - floor_scaled_work)}",
+            (year_work - floor_year_work) / (scaled_work - floor_scaled_work),
+            "",
+            INFO,
         ),
         Row(
             "Backfill a year: vs one run per day (walls to COMPLETED, in the daemon's 30-s steps)",

@@ -48,10 +48,19 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float, *, ever
 
 
 class DagsterServices:
-    """The webserver and the daemon of one Dagster instance, started from the project's workspace.yaml."""
+    """The webserver and the daemon of one Dagster instance, started from the project's workspace.yaml, or
+    from a workspace of one other code location (`module`, e.g. the benchmarks' floor graph)."""
 
-    def __init__(self, dagster_home: Path, env: Mapping[str, str]) -> None:
+    def __init__(self, dagster_home: Path, env: Mapping[str, str], *, module: str | None = None) -> None:
         self.home = dagster_home
+        self.location = module or LOCATION
+        self.workspace = PROJECT_ROOT / "workspace.yaml"
+        if module is not None:  # a python_module location is named after its module, as in workspace.yaml
+            self.workspace = dagster_home / "workspace.yaml"
+            self.workspace.write_text(
+                f"load_from:\n  - python_module:\n      module_name: {module}\n"
+                f"      working_directory: {json.dumps(str(PROJECT_ROOT))}\n"
+            )
         self.env = {**os.environ, **env, "DAGSTER_HOME": str(dagster_home), "PYTHONUNBUFFERED": "1"}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -59,12 +68,14 @@ class DagsterServices:
 
     # --- processes ---------------------------------------------------------------------------------------
     def start_webserver(self, timeout_s: float = 120) -> None:
-        self._spawn("webserver", "dagster-webserver", "-h", "127.0.0.1", "-p", str(self.port), "-w", "workspace.yaml")
+        self._spawn(
+            "webserver", "dagster-webserver", "-h", "127.0.0.1", "-p", str(self.port), "-w", str(self.workspace)
+        )
         wait_for("the webserver to answer", self._server_up, timeout_s)
         wait_for("the code location to load", self._location_loaded, timeout_s)
 
     def start_daemon(self) -> None:
-        self._spawn("daemon", "dagster-daemon", "run", "-w", "workspace.yaml")
+        self._spawn("daemon", "dagster-daemon", "run", "-w", str(self.workspace))
 
     def crash_and_restart_daemon(self) -> None:
         """SIGKILL the daemon's whole process group -- its code servers and the run workers they spawned die
@@ -131,7 +142,7 @@ class DagsterServices:
             location = entry["locationOrLoadError"]
             if location and location["__typename"] == "PythonError":
                 raise ServiceError(f"code location failed to load: {location['message']}")
-            if entry["name"] == LOCATION and entry["loadStatus"] == "LOADED" and location:
+            if entry["name"] == self.location and entry["loadStatus"] == "LOADED" and location:
                 return True
         return None
 
@@ -152,7 +163,7 @@ class DagsterServices:
         return reply["data"]
 
     def repository_selector(self) -> dict[str, str]:
-        return {"repositoryName": REPOSITORY, "repositoryLocationName": LOCATION}
+        return {"repositoryName": REPOSITORY, "repositoryLocationName": self.location}
 
     def stop_all_automation(self) -> list[str]:
         """Switch off every schedule and sensor, as the toggles in the UI do; the names switched off."""
