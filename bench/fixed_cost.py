@@ -23,11 +23,13 @@ from pathlib import Path
 
 from bench.end_to_end import _child_environment
 from bench.measure import PROJECT_ROOT, ChildRun, run_child
-from bench.table import Row, seconds, verdict
+from bench.table import INFO, Row, seconds, verdict
 from enrichment_pipeline.standins.cymru_server import CymruStandinServer
 
 PROJECT_MODULE, PROJECT_JOB = "enrichment_pipeline.definitions", "enrich_day"  # every asset and check of a day
 FLOOR_MODULE, FLOOR_JOB = "bench.floor_definitions", "floor_day_job"
+# enrich_day's steps, checks and per-day events with no work in them: Dagster's own cost of this graph's shape.
+SHAPE_MODULE, SHAPE_JOB = "bench.floor_graph_definitions", "enrich_day"
 FIXED_COST_MAX_RATIO = 1.5
 PROJECT_PACKAGE = "enrichment_pipeline"
 _CHILD_TIMEOUT_S = 300
@@ -92,6 +94,7 @@ def materialize(
 def fixed_cost_rows(log_dir: Path, day: date, ips: int, repeats: int, out_dir: Path) -> tuple[list[Row], list[str]]:
     work = out_dir / "fixed-cost"
     floor: list[float] = []
+    shape: list[float] = []
     project: list[float] = []
     # No latency: the 10 IPs are one Cymru request, and waiting on it is not a cost of the run.
     with CymruStandinServer(latency_s=0.0) as cymru:
@@ -99,10 +102,14 @@ def fixed_cost_rows(log_dir: Path, day: date, ips: int, repeats: int, out_dir: P
         log(f"8. fixed cost of a run: {ips}-IP day vs the empty-asset floor, {repeats} each, interleaved")
         for attempt in range(repeats):
             floor.append(materialize(FLOOR_MODULE, FLOOR_JOB, log_dir, day, port, work / "floor").seconds)
+            shape.append(materialize(SHAPE_MODULE, SHAPE_JOB, log_dir, day, port, work / "shape").seconds)
             project.append(
                 materialize(PROJECT_MODULE, PROJECT_JOB, log_dir, day, port, work / "project", ips=ips).seconds
             )
-            log(f"   #{attempt + 1}: floor {seconds(floor[-1])}, project {seconds(project[-1])}")
+            log(
+                f"   #{attempt + 1}: floor {seconds(floor[-1])}, graph shape {seconds(shape[-1])},"
+                f" project {seconds(project[-1])}"
+            )
         log("   profile: -X importtime, then pyinstrument (floor and project each)")
         imports_floor = materialize(
             FLOOR_MODULE,
@@ -125,6 +132,7 @@ def fixed_cost_rows(log_dir: Path, day: date, ips: int, repeats: int, out_dir: P
         )
         profile_notes = _pyinstrument_notes(log_dir, day, port, work / "pyinstrument", ips)
     floor_s, project_s = statistics.median(floor), statistics.median(project)
+    shape_s = statistics.median(shape)
     ratio = project_s / floor_s
     rows = [
         Row(
@@ -134,15 +142,33 @@ def fixed_cost_rows(log_dir: Path, day: date, ips: int, repeats: int, out_dir: P
             ratio,
             f"≤ {FIXED_COST_MAX_RATIO:.1f}× floor",
             verdict(ratio <= FIXED_COST_MAX_RATIO),
-        )
+        ),
+        Row(
+            f"Run fixed cost: enrich_day's graph shape doing no work (median of {repeats})",
+            seconds(shape_s),
+            f"{seconds(floor_s)} floor",
+            shape_s / floor_s,
+            "",
+            INFO,
+        ),
+        Row(
+            f"Run fixed cost: the {ips}-IP day above its graph shape's cost",
+            seconds(project_s - shape_s),
+            f"{seconds(project_s - floor_s)} above the floor in all",
+            (project_s - shape_s) / (project_s - floor_s),
+            "",
+            INFO,
+        ),
     ]
     notes = [
         "Fixed cost (bench/fixed_cost.py): `python -m dagster job execute -m MODULE -j JOB --tags"
         f' \'{{"dagster/partition": "{day}"}}\'` as a child process, fresh DAGSTER_HOME (a copy of'
         " dagster_home/dagster.yaml) and SQLite inventory each time, Cymru stand-in without latency; project"
         f" `{PROJECT_MODULE}` job `{PROJECT_JOB}` (every asset and check of a day), floor `{FLOOR_MODULE}` job"
-        f" `{FLOOR_JOB}` (one empty asset). Wall times, s:"
+        f" `{FLOOR_JOB}` (one empty asset), graph shape `{SHAPE_MODULE}` job `{SHAPE_JOB}` (enrich_day's steps,"
+        " checks and per-day events, no work). Wall times, s:"
         f" project {', '.join(f'{value:.2f}' for value in project)};"
+        f" graph shape {', '.join(f'{value:.2f}' for value in shape)};"
         f" floor {', '.join(f'{value:.2f}' for value in floor)}.",
         *_importtime_notes(imports_floor.output, imports_project.output),
         *profile_notes,
