@@ -21,6 +21,7 @@ from enrichment_pipeline_tests.support.dagster_services import (
     VENV_BIN,
     ServiceError,
     free_port,
+    log_tails,
     wait_for,
 )
 
@@ -158,11 +159,7 @@ class CeleryWorkers:
         self.stop()
 
     def logs(self) -> str:
-        tails = []
-        for name in self.processes:
-            text = self._log_path(name).read_text(errors="replace")
-            tails.append(f"--- worker {name} (last 3000 chars) ---\n{text[-3000:]}")
-        return "\n".join(tails)
+        return log_tails({f"worker {name}": self._log_path(name) for name in self.processes})
 
     def _log_path(self, name: str) -> Path:
         return self.log_dir / f"worker-{name}.log"

@@ -35,6 +35,15 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def log_tails(logs: Mapping[str, Path], chars: int = 3000) -> str:
+    """The last `chars` of each named log file, for an assertion or error message."""
+    tails = []
+    for name, path in logs.items():
+        text = path.read_text(errors="replace")
+        tails.append(f"--- {name} (last {chars} chars) ---\n{text[-chars:]}")
+    return "\n".join(tails)
+
+
 def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float, *, every_s: float = 0.5) -> T:
     """Poll `probe` until it returns something other than None; ServiceError after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
@@ -105,11 +114,7 @@ class DagsterServices:
 
     def logs(self) -> str:
         """The tail of every service's log, for an assertion message."""
-        tails = []
-        for name in self.processes:
-            text = (self.home / f"{name}.log").read_text(errors="replace")
-            tails.append(f"--- {name} (last 3000 chars) ---\n{text[-3000:]}")
-        return "\n".join(tails)
+        return log_tails({name: self.home / f"{name}.log" for name in self.processes})
 
     def _spawn(self, name: str, executable: str, *args: str) -> None:
         log = (self.home / f"{name}.log").open("ab")  # a restarted service appends to its log
