@@ -50,7 +50,8 @@ def test_floor_range_run_records_every_day_of_every_asset_and_check(tmp_path) ->
         for event in events
         if event.event_type == DagsterEventType.ASSET_CHECK_EVALUATION
     )
-    assets = {key.to_user_string() for key in floor_defs.resolve_job_def("enrich_day").asset_layer.executable_asset_keys}
+    job = floor_defs.resolve_job_def("enrich_day")
+    assets = {key.to_user_string() for key in job.asset_layer.executable_asset_keys}
     checks = {check.name for check in floor_defs.resolve_asset_graph().asset_check_keys}
     assert materialized == Counter({(asset, day): 1 for asset in assets for day in days})
     assert evaluated == Counter({(check, day): 1 for check in checks for day in days})
