@@ -2,7 +2,8 @@
 webserver's GraphQL API (the UI's "Materialize all" over a partition range), on real `dagster-webserver` and
 `dagster-daemon` processes with the project's default SQLite instance (a copy of dagster_home/dagster.yaml),
 against the loopback Cymru stand-in; then the one-run-per-day policy (BACKFILL_DAYS_PER_RUN=1) on a 30-day
-slice of the same data, scaled to a year.
+slice of the same data, scaled to a year. Both again on `bench/floor_graph_definitions.py`, enrich_day's
+graph shape doing no work: what Dagster alone costs for the same days, runs and per-day events.
 
 No ASN database is given (GEOIP_ASN_DB empty), so every IP goes to Cymru; no GreyNoise key, so GreyNoise is
 skipped. Each backfill gets a fresh DAGSTER_HOME, inventory and stand-in; everything is torn down on failure."""
