@@ -1,6 +1,8 @@
 """Pass 4: merge the passes and upsert the day into `ip_inventory`, with the retry list, in one transaction."""
 
+from collections.abc import Mapping
 from datetime import date
+from typing import Any
 
 import pandas as pd
 from dagster import (
@@ -55,18 +57,15 @@ def merged_inventory(
     maxmind_fresh = fresh_ips(engine, maxmind["ip"], "maxmind", ttl, now=now, maxmind_builds=builds)
     updates = source_updates(maxmind, cymru, greynoise, maxmind_fresh=maxmind_fresh)
     days = activity_by_day(cowrie_source_ips, context.partition_keys)
-    sensors = {
-        date.fromisoformat(day): rows
-        for day, rows in sensor_activity_by_day(cowrie_sensor_activity, context.partition_keys).items()
-    }
+    sensors = sensor_activity_by_day(cowrie_sensor_activity, context.partition_keys)
     # One transaction for the whole run: a range run that fails leaves every one of its days as it was.
     stats = upsert_days(
         engine,
-        {date.fromisoformat(day): rows for day, rows in days.items()},
+        _by_date(days),
         updates,
         now=now,
         failures=lookup_failures(cymru, greynoise),
-        sensor_activity=sensors,
+        sensor_activity=_by_date(sensors),
     )
     context.log.info(
         f"ip_inventory: {stats.inserted} inserted, {stats.updated} updated for {len(days)} day(s) in"
@@ -87,3 +86,8 @@ def merged_inventory(
             **({"days_in_run": len(days)} if len(days) > 1 else {}),
         }
     )
+
+
+def _by_date(by_day: Mapping[str, list[Any]]) -> dict[date, list[Any]]:
+    """Rows keyed by partition key, keyed by the day it names (what the inventory's writes take)."""
+    return {date.fromisoformat(day): rows for day, rows in by_day.items()}
